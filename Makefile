@@ -1,0 +1,32 @@
+# Two commands on a fresh machine: `make quickstart` (main job end to end) and `make test` (test suite).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.vffn-installed
+# CPU-only machines: DeepSpeed's CPU accelerator, explicitly (silences its probe).
+export DS_ACCELERATOR ?= $(if $(shell command -v nvidia-smi 2>/dev/null),cuda,cpu)
+
+.PHONY: setup quickstart test test-slow clean
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+quickstart: setup
+	$(PY) -m pretrain.quickstart
+
+test: setup
+	$(PY) -m pytest -m "not slow" tests
+
+test-slow: setup
+	$(PY) -m pytest -m slow tests
+
+clean:
+	rm -rf runs/quickstart

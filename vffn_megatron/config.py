@@ -1,0 +1,69 @@
+"""Configuration of the VersatileFFN block (hyper-parameters of the paper, validated up front)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+class VFFNConfigError(ValueError):
+    """A VersatileFFN configuration that cannot work; the message says what and how to fix it."""
+
+
+@dataclass
+class VersatileFFNConfig:
+    """Hyper-parameters of one VersatileFFN block (shared by every layer of a model).
+
+    num_experts: N virtual sub-experts; sub-expert e owns hidden units [e*F/N, (e+1)*F/N).
+    top_k: sub-experts mixed per token on the width path.
+    max_depth: D, the most recursive applications of the shared FFN on the depth path.
+    tau_start / tau_decay / tau_end: Gumbel temperature tau(step) = max(tau_start * tau_decay**step, tau_end).
+    aux_loss_coeff: Switch-style load-balancing loss on the width router (0 disables it).
+    recompute: recompute each loop iteration in backward (activation memory flat in D).
+    """
+
+    num_experts: int = 8
+    top_k: int = 2
+    max_depth: int = 4
+    tau_start: float = 5.0
+    tau_decay: float = 0.99984
+    tau_end: float = 0.1
+    aux_loss_coeff: float = 5e-5
+    recompute: bool = False
+
+    def tau(self, step: int) -> float:
+        """Gumbel-softmax temperature at a global step: a pure function, so resume reproduces it."""
+        return max(self.tau_start * self.tau_decay ** max(int(step), 0), self.tau_end)
+
+    def validate(self, ffn_hidden_size: int | None = None, tensor_parallel_size: int = 1) -> None:
+        """Raise VFFNConfigError naming the offending field and how to fix it."""
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise VFFNConfigError(f"invalid VersatileFFN config: {msg}")
+
+        for name in ("num_experts", "top_k", "max_depth"):
+            v = getattr(self, name)
+            need(isinstance(v, int) and not isinstance(v, bool), f"vffn.{name} must be an integer, got {v!r}")
+        need(self.num_experts >= 1, f"vffn.num_experts must be >= 1, got {self.num_experts}")
+        need(1 <= self.top_k <= self.num_experts,
+             f"vffn.top_k must satisfy 1 <= top_k <= num_experts ({self.num_experts}), got {self.top_k}")
+        need(self.max_depth >= 1, f"vffn.max_depth must be >= 1, got {self.max_depth}")
+        for name in ("tau_start", "tau_decay", "tau_end", "aux_loss_coeff"):
+            v = getattr(self, name)
+            need(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+                 f"vffn.{name} must be a finite number, got {v!r}")
+        need(self.tau_end > 0, f"vffn.tau_end must be > 0 (it divides the logits), got {self.tau_end}")
+        need(self.tau_start >= self.tau_end,
+             f"vffn.tau_start ({self.tau_start}) must be >= vffn.tau_end ({self.tau_end})")
+        need(0 < self.tau_decay <= 1, f"vffn.tau_decay must be in (0, 1], got {self.tau_decay}")
+        need(self.aux_loss_coeff >= 0, f"vffn.aux_loss_coeff must be >= 0, got {self.aux_loss_coeff}")
+        need(isinstance(self.recompute, bool), f"vffn.recompute must be true or false, got {self.recompute!r}")
+        need(isinstance(tensor_parallel_size, int) and tensor_parallel_size >= 1,
+             f"tensor_parallel_size must be a positive integer, got {tensor_parallel_size!r}")
+        need(self.num_experts % tensor_parallel_size == 0,
+             f"vffn.num_experts ({self.num_experts}) must be divisible by the tensor-parallel size "
+             f"({tensor_parallel_size}): each rank owns whole sub-experts. Use num_experts a multiple of "
+             f"{tensor_parallel_size} or a smaller tensor_model_parallel_size")
+        if ffn_hidden_size is not None:
+            need(ffn_hidden_size % self.num_experts == 0,
+                 f"ffn_hidden_size ({ffn_hidden_size}) must be divisible by vffn.num_experts "
+                 f"({self.num_experts}) so every sub-expert is a contiguous slice of equal size")

@@ -1,0 +1,80 @@
+"""Process-group and megatron-core initialisation, device-agnostic (CUDA + NCCL, else CPU + gloo)."""
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+
+from . import cpu_compat
+
+
+def device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def init_distributed(timeout_minutes: int = 30) -> None:
+    """Join the process group described by the launcher's env (torchrun / deepspeed / SLURM-wrapped).
+
+    Without launcher variables a single-process group is created on a free loopback port, so tools and
+    tests run with plain ``python``.
+    """
+    if dist.is_initialized():
+        return
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend="nccl" if cuda else "gloo",
+                            timeout=datetime.timedelta(minutes=timeout_minutes))
+
+
+def init_megatron(tensor_parallel_size: int = 1, seed: int = 1234) -> None:
+    """megatron parallel_state + RNG tracker (with the CPU compatibility layer when there is no CUDA)."""
+    from megatron.core import parallel_state, tensor_parallel
+
+    init_distributed()
+    if not parallel_state.model_parallel_is_initialized():
+        world = dist.get_world_size()
+        if world % tensor_parallel_size:
+            raise ValueError(f"world size {world} is not divisible by tensor_model_parallel_size "
+                             f"{tensor_parallel_size}")
+        parallel_state.initialize_model_parallel(tensor_model_parallel_size=tensor_parallel_size)
+    cpu_compat.apply()  # no-op with CUDA
+    torch.manual_seed(seed)
+    tensor_parallel.model_parallel_cuda_manual_seed(seed)
+
+
+def destroy() -> None:
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def vffn_modules(model: torch.nn.Module) -> Iterator:
+    from .versatile_ffn import VersatileFFN
+
+    return (m for m in model.modules() if isinstance(m, VersatileFFN))
+
+
+def set_vffn_step(model: torch.nn.Module, step: int, seed: int | None = None) -> None:
+    """Tell every VersatileFFN block the global step (Gumbel temperature and noise) before a train step."""
+    for m in vffn_modules(model):
+        m.set_step(step, seed)

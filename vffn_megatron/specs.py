@@ -1,0 +1,50 @@
+"""TransformerLayer specs: VersatileFFN in the MLP slot, or megatron's own dense MLP (the baseline).
+
+Both start from megatron-core's local (no Transformer Engine) GPT layer spec, so attention, norms and
+bias-dropout-add are identical and a ``GPTModel`` is built the same way for every architecture.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+from megatron.core.models.backends import LocalSpecProvider
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.transformer.identity_op import IdentityOp
+from megatron.core.transformer.spec_utils import ModuleSpec
+
+from .config import VersatileFFNConfig
+from .versatile_ffn import VersatileFFN, VersatileFFNSubmodules
+
+
+def get_dense_layer_spec() -> ModuleSpec:
+    """Dense SwiGLU baseline: megatron-core's own ``MLP`` with a pre-MLP RMSNorm."""
+    return get_gpt_layer_local_spec(normalization="RMSNorm")
+
+
+def get_vffn_mlp_spec(vffn: VersatileFFNConfig) -> ModuleSpec:
+    backend = LocalSpecProvider()
+    return ModuleSpec(
+        module=VersatileFFN,
+        params={"vffn": vffn},
+        submodules=VersatileFFNSubmodules(
+            norm=backend.layer_norm(rms_norm=True),
+            linear_fc1=backend.column_parallel_linear(),
+            linear_fc2=backend.row_parallel_linear(),
+        ),
+    )
+
+
+def get_layer_spec(vffn: Optional[VersatileFFNConfig] = None) -> ModuleSpec:
+    """The ``TransformerLayer`` spec for a VersatileFFN model, or the dense baseline when ``vffn`` is None.
+
+    With VersatileFFN the layer's ``pre_mlp_layernorm`` becomes an identity: the block owns its RMSNorm
+    because it re-applies it at every loop.
+    """
+    spec = get_dense_layer_spec()
+    if vffn is None:
+        return spec
+    spec = copy.deepcopy(spec)
+    spec.submodules.pre_mlp_layernorm = IdentityOp
+    spec.submodules.mlp = get_vffn_mlp_spec(vffn)
+    return spec

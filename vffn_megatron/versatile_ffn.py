@@ -1,0 +1,293 @@
+"""VersatileFFN as a megatron-core MLP (drop-in for the ``TransformerLayer`` MLP slot).
+
+One shared SwiGLU FFN (``linear_fc1`` = [W_gate; W_up], ``linear_fc2`` = W_down) is reused two ways:
+
+* width: N virtual sub-experts, sub-expert e = hidden units [e*F/N, (e+1)*F/N); top-k routing on the
+  un-normalised residual stream, softmax over the k chosen logits;
+* depth: x_i = x_{i-1} + FFN(norm(x_{i-1})) for i = 1..D, the number of loops chosen per token by a
+  Gumbel-softmax (training, straight-through) or an argmax (inference) over depth logits;
+
+fused per token with m = (D - loops) / D: out = (1 - m) * x_deep + m * x_wide.
+
+The module owns its RMSNorm (re-applied at every use), so the layer's ``pre_mlp_layernorm`` is an identity
+and ``forward`` receives the raw residual stream x and returns the residual *delta* ``out - x`` (accumulated as
+deltas, never as a difference of large numbers); ``mlp_bda`` adds x back.
+
+Width path = exact slices of the first loop's hidden activations: FFN_e(norm(x)) = W2[:, e] h1[e], so
+``sum_e w_e FFN_e(norm(x)) = W2 (w ⊙ h1)`` is computed in the same ``linear_fc2`` call as the first loop
+(stacked along the token axis), which adds no collective under tensor parallelism.
+
+Tensor parallelism: fc1 is column-parallel in megatron's gated layout (each rank holds [gate_r; up_r]), fc2
+row-parallel, so TP rank r owns whole sub-experts [r*N/t, (r+1)*N/t). Routers are replicated; the width
+weights enter the local hidden block through ``scatter_to_tensor_model_parallel_region`` whose backward
+all-gathers, so every rank sees the full router gradient.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel import checkpoint as tp_checkpoint
+from megatron.core.tensor_parallel.mappings import scatter_to_tensor_model_parallel_region
+from megatron.core.transformer.mlp import apply_swiglu_sharded_factory
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler, save_to_aux_losses_tracker
+from megatron.core.transformer.spec_utils import ModuleSpec, build_module
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from .config import VersatileFFNConfig, VFFNConfigError
+
+AUX_LOSS_NAME = "vffn_load_balancing_loss"
+
+
+@dataclass
+class VersatileFFNSubmodules:
+    norm: Union[ModuleSpec, type, None] = None
+    linear_fc1: Union[ModuleSpec, type, None] = None
+    linear_fc2: Union[ModuleSpec, type, None] = None
+
+
+def _mix_seed(*parts: int) -> int:
+    """Deterministic 63-bit mix of integers (splitmix64 steps): a stateless noise seed."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = (h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+def check_transformer_config(config: TransformerConfig, vffn: VersatileFFNConfig) -> None:
+    """Checks of the megatron TransformerConfig that would otherwise fail deep inside the block."""
+    tp = config.tensor_model_parallel_size
+    vffn.validate(ffn_hidden_size=config.ffn_hidden_size, tensor_parallel_size=tp)
+    if not config.gated_linear_unit or config.activation_func is not F.silu:
+        raise VFFNConfigError("VersatileFFN is a SwiGLU FFN: set gated_linear_unit=True and activation_func=F.silu")
+    if config.add_bias_linear:
+        raise VFFNConfigError("VersatileFFN has bias-free linears (sub-experts are weight slices): "
+                              "set add_bias_linear=False")
+    if config.ffn_hidden_size % tp:
+        raise VFFNConfigError(f"ffn_hidden_size ({config.ffn_hidden_size}) must be divisible by "
+                              f"tensor_model_parallel_size ({tp})")
+    if config.sequence_parallel:
+        raise VFFNConfigError("VersatileFFN does not support sequence_parallel=True yet: routing needs the "
+                              "full token set on every TP rank; set sequence_parallel=False")
+    if config.recompute_granularity is not None:
+        raise VFFNConfigError("megatron recompute (recompute_granularity) would re-sample VersatileFFN's Gumbel "
+                              "noise; set recompute_granularity=None and use vffn.recompute=true instead")
+    if config.pipeline_model_parallel_size != 1:
+        raise VFFNConfigError("VersatileFFN models support pipeline_model_parallel_size=1 only")
+
+
+class VersatileFFN(MegatronModule):
+    """The VersatileFFN block; constructor contract of megatron's ``MLP`` (``config``, ``submodules``)."""
+
+    def __init__(
+        self,
+        config: TransformerConfig,
+        submodules: VersatileFFNSubmodules,
+        vffn: Optional[VersatileFFNConfig] = None,
+        **kwargs,  # TransformerLayer may pass tp_group / is_expert / pg_collection: default TP group is used
+    ):
+        super().__init__(config=config)
+        self.vffn = vffn or VersatileFFNConfig()
+        check_transformer_config(config, self.vffn)
+        tp = config.tensor_model_parallel_size
+        d, ffn = config.hidden_size, config.ffn_hidden_size
+        self.num_experts, self.top_k, self.max_depth = self.vffn.num_experts, self.vffn.top_k, self.vffn.max_depth
+        self.local_experts = self.num_experts // tp
+        self.expert_size = ffn // self.num_experts
+        self.layer_number: Optional[int] = None
+
+        self.norm = build_module(submodules.norm, config=config, hidden_size=d, eps=config.layernorm_epsilon)
+        self.linear_fc1 = build_module(
+            submodules.linear_fc1, d, 2 * ffn, config=config, init_method=config.init_method,
+            gather_output=False, bias=False, skip_bias_add=True, is_expert=False,
+            tp_comm_buffer_name="fc1", stride=2,  # each TP rank holds its own [gate_r; up_r]
+        )
+        self.linear_fc2 = build_module(
+            submodules.linear_fc2, ffn, d, config=config, init_method=config.output_layer_init_method,
+            bias=False, input_is_parallel=True, skip_bias_add=True, is_expert=False, tp_comm_buffer_name="fc2",
+        )
+        # Replicated on every TP rank; they read the un-normalised residual stream.
+        self.router = torch.nn.Linear(d, self.num_experts, bias=False, dtype=config.params_dtype)
+        self.depth_router = torch.nn.Linear(d, self.max_depth, bias=False, dtype=config.params_dtype)
+        if config.perform_initialization:
+            with torch.no_grad():
+                config.init_method(self.router.weight)
+                config.init_method(self.depth_router.weight)
+
+        # Gumbel temperature / noise state (see set_step). noise_fn(shape, device) -> Gumbel noise overrides
+        # sampling, for tests that pin the noise.
+        self.global_step = 0
+        self.noise_seed = 1234
+        self._micro = 0
+        self.noise_fn: Optional[Callable[[tuple, torch.device], torch.Tensor]] = None
+        self.reset_stats()
+
+    # ----------------------------------------------------------------- hooks used by the trainer
+    def set_layer_number(self, layer_number: int) -> None:
+        self.layer_number = layer_number
+
+    def set_step(self, step: int, seed: Optional[int] = None) -> None:
+        """Set the global step (temperature, noise) before each training step's micro-batches."""
+        self.global_step = int(step)
+        if seed is not None:
+            self.noise_seed = int(seed)
+        self._micro = 0
+
+    @property
+    def tau(self) -> float:
+        return self.vffn.tau(self.global_step)
+
+    def reset_stats(self) -> None:
+        """Routing statistics accumulated over forwards (kept on device: no host sync per step)."""
+        self.stats: dict = {}
+
+    def pop_stats(self) -> dict:
+        """Return {'depth_counts': [D], 'expert_counts': [N]} (float64, CPU) since the last call, and reset."""
+        st = {k: v.double().cpu() for k, v in self.stats.items()}
+        self.reset_stats()
+        return st
+
+    # ----------------------------------------------------------------- pieces
+    def _gumbel_noise(self, shape: tuple, device: torch.device) -> torch.Tensor:
+        if self.noise_fn is not None:
+            return self.noise_fn(shape, device).to(device=device, dtype=torch.float32)
+        # Stateless: a pure function of (seed, data-parallel rank, step, micro-batch, layer). Identical on all
+        # TP ranks of a DP rank (they must pick the same depths), different across DP ranks, and reproduced
+        # exactly on resume without saving RNG state.
+        dp_rank = parallel_state.get_data_parallel_rank() if parallel_state.model_parallel_is_initialized() else 0
+        gen = torch.Generator(device=device)
+        gen.manual_seed(_mix_seed(self.noise_seed, dp_rank, self.global_step, self._micro, self.layer_number or 0))
+        return -torch.empty(shape, device=device, dtype=torch.float32).exponential_(generator=gen).log()
+
+    def _hidden(self, u: torch.Tensor) -> torch.Tensor:
+        """SwiGLU hidden activations of the local sub-experts: [T, 1, F/t]."""
+        a, _ = self.linear_fc1(self.norm(u))
+        gate, up = torch.chunk(a, 2, dim=-1)
+        return F.silu(gate) * up
+
+    def _loop(self, u: torch.Tensor) -> torch.Tensor:
+        out, _ = self.linear_fc2(self._hidden(u))
+        return out
+
+    def _first_loop(self, u: torch.Tensor, w_local: torch.Tensor, wide_idx: Optional[torch.Tensor] = None):
+        """Loop 1 plus the width delta from the same hidden activations in a single fc2 call.
+
+        w_local: [T_w, 1, N/t] width weights of this rank's sub-experts for the tokens ``wide_idx`` (all if None).
+        """
+        h = self._hidden(u)
+        hw = h if wide_idx is None else h.index_select(0, wide_idx)
+        t_w = hw.shape[0]
+        hw = (hw.view(t_w, 1, self.local_experts, self.expert_size) * w_local.unsqueeze(-1)).view_as(hw)
+        out, _ = self.linear_fc2(torch.cat([h, hw], dim=0))
+        return out[: h.shape[0]], out[h.shape[0]:]
+
+    def _maybe_recompute(self, fn, *args):
+        if self.vffn.recompute and self.training and torch.is_grad_enabled():
+            return tp_checkpoint(fn, False, *args)
+        return fn(*args)
+
+    def _width_weights(self, x: torch.Tensor):
+        """Top-k softmax weights [T, N] (zeros off the top-k), the top-k indices, and the router logits."""
+        logits = self.router(x).float()
+        top_val, top_idx = torch.topk(logits, self.top_k, dim=-1)
+        w = torch.zeros_like(logits).scatter(-1, top_idx, torch.softmax(top_val, dim=-1))
+        return w, top_idx, logits
+
+    def _local(self, w_full: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """This rank's slice of the per-expert weights; backward all-gathers the router gradient."""
+        return scatter_to_tensor_model_parallel_region(w_full.to(dtype).unsqueeze(1))
+
+    # ----------------------------------------------------------------- forward
+    def forward(self, hidden_states: torch.Tensor, **kwargs):
+        s, b, d = hidden_states.shape
+        x = hidden_states.reshape(s * b, 1, d)
+        if self.training:
+            delta = self._forward_train(x)
+        else:
+            delta = self._forward_eval(x)
+        return delta.reshape(s, b, d), None
+
+    def _forward_train(self, x: torch.Tensor) -> torch.Tensor:
+        T, D = x.shape[0], self.max_depth
+        w_full, top_idx, logits = self._width_weights(x[:, 0])
+        # Depth choice: hard Gumbel-softmax, straight-through gradient.
+        q = self.depth_router(x[:, 0]).float()
+        y_soft = torch.softmax((q + self._gumbel_noise(tuple(q.shape), q.device)) / self.tau, dim=-1)
+        choice = y_soft.argmax(dim=-1)
+        y_hard = F.one_hot(choice, D).to(y_soft.dtype)
+        y = y_hard - y_soft.detach() + y_soft  # [T, D]
+        self._micro += 1
+
+        f, width_delta = self._maybe_recompute(self._first_loop, x, self._local(w_full, x.dtype))
+        u, acc = x + f, f
+        deep_delta = y[:, 0, None, None].to(x.dtype) * acc
+        for i in range(1, D):
+            f = self._maybe_recompute(self._loop, u)
+            u, acc = u + f, acc + f
+            deep_delta = deep_delta + y[:, i, None, None].to(x.dtype) * acc
+        loops = (y * torch.arange(1, D + 1, device=y.device, dtype=y.dtype)).sum(-1)
+        m = ((D - loops) / D).to(x.dtype)[:, None, None]
+        out = (1 - m) * deep_delta + m * width_delta
+
+        self._record_stats(choice + 1, top_idx)
+        if self.vffn.aux_loss_coeff > 0 and torch.is_grad_enabled():
+            aux = self._load_balancing_loss(logits, top_idx)
+            out = MoEAuxLossAutoScaler.apply(out, aux * self.vffn.aux_loss_coeff)
+        return out
+
+    @torch.no_grad()
+    def _forward_eval(self, x: torch.Tensor) -> torch.Tensor:
+        T, D = x.shape[0], self.max_depth
+        L = self.depth_router(x[:, 0]).float().argmax(dim=-1) + 1  # loops per token, 1..D
+        m = (D - L).to(x.dtype) / D
+        wide_idx = torch.nonzero(L < D).squeeze(1)  # tokens that use the width path at all (m > 0)
+        w_full, top_idx, _ = self._width_weights(x.index_select(0, wide_idx)[:, 0])
+        f, width_delta = self._first_loop(x, self._local(w_full, x.dtype), wide_idx)
+        deep = f.clone()  # delta of x_L - x per token, accumulated only for tokens still looping
+        idx, u = torch.arange(T, device=x.device), x + f
+        for i in range(2, D + 1):
+            keep = torch.nonzero(L.index_select(0, idx) >= i).squeeze(1)
+            if keep.numel() == 0:  # identical on all TP ranks: same inputs, replicated router
+                break
+            idx, u = idx.index_select(0, keep), u.index_select(0, keep)
+            f = self._loop(u)
+            u = u + f
+            deep.index_add_(0, idx, f)
+        out = (1 - m)[:, None, None] * deep
+        out.index_add_(0, wide_idx, m.index_select(0, wide_idx)[:, None, None] * width_delta)
+        self._record_stats(L, top_idx)
+        return out
+
+    def _load_balancing_loss(self, logits: torch.Tensor, top_idx: torch.Tensor) -> torch.Tensor:
+        """Switch-style: N * sum_e f_e * P_e (f_e: share of routed slots, P_e: mean router probability)."""
+        probs = torch.softmax(logits, dim=-1)
+        counts = torch.zeros(self.num_experts, device=logits.device, dtype=torch.float32)
+        counts.scatter_add_(0, top_idx.reshape(-1), torch.ones(top_idx.numel(), device=logits.device))
+        frac = counts / top_idx.numel()
+        aux = self.num_experts * torch.sum(frac * probs.mean(dim=0))
+        if self.layer_number is not None:
+            save_to_aux_losses_tracker(AUX_LOSS_NAME, aux.detach(), self.layer_number, self.config.num_layers)
+        return aux
+
+    @torch.no_grad()
+    def _record_stats(self, loops: torch.Tensor, top_idx: torch.Tensor) -> None:
+        depth = torch.bincount(loops.reshape(-1) - 1, minlength=self.max_depth)
+        experts = torch.bincount(top_idx.reshape(-1), minlength=self.num_experts)
+        if not self.stats:
+            self.stats = {"depth_counts": depth, "expert_counts": experts}
+        else:
+            self.stats["depth_counts"] = self.stats["depth_counts"] + depth
+            self.stats["expert_counts"] = self.stats["expert_counts"] + experts
+
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata: Optional[dict] = None):
+        sd = super().sharded_state_dict(prefix, sharded_offsets, metadata)
+        singleton = (metadata or {}).get("singleton_local_shards", False)
+        key = f"{prefix}linear_fc1.weight"
+        if key in sd:  # gated fc1: [gate_r; up_r] per rank, resharded like megatron's SwiGLU MLP
+            sd[key] = apply_swiglu_sharded_factory(sd[key], sharded_offsets, singleton)
+        return sd
