@@ -174,6 +174,11 @@ class VersatileFFN(MegatronModule):
         out, _ = self.linear_fc2(self._hidden(u))
         return out
 
+    def _loop_from_delta(self, x: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
+        """One loop on x_{i-1} = x + acc_{i-1}. Taking (x, acc) keeps the only per-loop saved tensor the
+        running delta acc, which the depth mixing needs anyway: with recompute, memory grows by T*d per loop."""
+        return self._loop(x + acc)
+
     def _first_loop(self, u: torch.Tensor, w_local: torch.Tensor, wide_idx: Optional[torch.Tensor] = None):
         """Loop 1 plus the width delta from the same hidden activations in a single fc2 call.
 
@@ -223,12 +228,10 @@ class VersatileFFN(MegatronModule):
         y = y_hard - y_soft.detach() + y_soft  # [T, D]
         self._micro += 1
 
-        f, width_delta = self._maybe_recompute(self._first_loop, x, self._local(w_full, x.dtype))
-        u, acc = x + f, f
+        acc, width_delta = self._maybe_recompute(self._first_loop, x, self._local(w_full, x.dtype))
         deep_delta = y[:, 0, None, None].to(x.dtype) * acc
-        for i in range(1, D):
-            f = self._maybe_recompute(self._loop, u)
-            u, acc = u + f, acc + f
+        for i in range(1, D):  # acc_i = x_i - x, accumulated as deltas
+            acc = acc + self._maybe_recompute(self._loop_from_delta, x, acc)
             deep_delta = deep_delta + y[:, i, None, None].to(x.dtype) * acc
         loops = (y * torch.arange(1, D + 1, device=y.device, dtype=y.dtype)).sum(-1)
         m = ((D - loops) / D).to(x.dtype)[:, None, None]

@@ -1,0 +1,156 @@
+"""VersatileFFN megatron module vs the straightforward reference: forward and every parameter gradient."""
+import pytest
+import torch
+
+from reference import versatile_ffn as reference_vffn
+
+D_MODEL, FFN, SEQ, BATCH = 32, 64, 6, 3
+
+
+def build_block(vffn, megatron_tp1, d=D_MODEL, ffn=FFN):
+    from megatron.core.transformer.spec_utils import build_module
+
+    from vffn_megatron import GPTConfig, get_vffn_mlp_spec, transformer_config
+
+    tcfg = transformer_config(GPTConfig(hidden_size=d, ffn_hidden_size=ffn, num_attention_heads=4))
+    torch.manual_seed(0)
+    block = build_module(get_vffn_mlp_spec(vffn), config=tcfg)
+    block.set_layer_number(1)
+    with torch.no_grad():  # non-trivial norm weight so its gradient path is exercised
+        block.norm.weight.uniform_(0.5, 1.5)
+        block.depth_router.weight.mul_(20)  # spread the depth choices over 1..D
+    return block
+
+
+def ref_params(block):
+    fc1 = block.linear_fc1.weight
+    Wg, Wu = fc1.chunk(2, dim=0)
+    return dict(Wg=Wg, Wu=Wu, W2=block.linear_fc2.weight, norm_w=block.norm.weight, eps=block.norm.eps,
+                Wr=block.router.weight, Wq=block.depth_router.weight)
+
+
+def run_both(block, vffn, train, noise=None):
+    torch.manual_seed(1)
+    x = torch.randn(SEQ, BATCH, D_MODEL)
+    probe = torch.randn(SEQ, BATCH, D_MODEL)
+    block.train(train)
+    if noise is not None:
+        block.noise_fn = lambda shape, device: noise
+    block.zero_grad()
+    delta, bias = block(x)
+    assert bias is None
+    out = x + delta
+    grads = {}
+    if train:
+        (out * probe).sum().backward()
+        grads = {n: p.grad.clone() for n, p in block.named_parameters()}
+    # The reference runs in float64 so its own rounding does not blur the comparison.
+    params = {n: p.detach().double().requires_grad_(True) for n, p in block.named_parameters()}
+    Wg, Wu = params["linear_fc1.weight"].chunk(2, dim=0)
+    ref = reference_vffn(
+        x.double().reshape(-1, D_MODEL), Wg, Wu, params["linear_fc2.weight"], params["norm.weight"], block.norm.eps,
+        params["router.weight"], params["depth_router.weight"], vffn.num_experts, vffn.top_k, vffn.max_depth,
+        tau=block.tau, gumbel=None if noise is None else noise.double(), train=train,
+    ).reshape(SEQ, BATCH, D_MODEL)
+    ref_grads = {}
+    if train:
+        (ref * probe.double()).sum().backward()
+        ref_grads = {n: p.grad.float() for n, p in params.items()}
+    return out.detach(), ref.detach().float(), grads, ref_grads
+
+
+def rel_err(a, b):
+    return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+@pytest.mark.parametrize("n,k,depth", [(8, 2, 4), (4, 1, 3), (2, 2, 1)])
+def test_train_parity_with_reference(megatron_tp1, n, k, depth, recompute):
+    from vffn_megatron import VersatileFFNConfig
+
+    vffn = VersatileFFNConfig(num_experts=n, top_k=k, max_depth=depth, aux_loss_coeff=0.0, recompute=recompute)
+    block = build_block(vffn, megatron_tp1)
+    block.set_step(300)
+    noise = -torch.empty(SEQ * BATCH, depth).exponential_(generator=torch.Generator().manual_seed(5)).log()
+    out, ref, grads, ref_grads = run_both(block, vffn, train=True, noise=noise)
+    assert rel_err(out, ref) < 1e-5
+    assert set(grads) == set(ref_grads)
+    for name in grads:
+        assert rel_err(grads[name], ref_grads[name]) < 1e-5, name
+        if depth > 1 and not (k == 1 and name == "router.weight"):  # softmax over one logit is constant
+            assert grads[name].abs().sum() > 0, f"no gradient reached {name}"
+
+
+@pytest.mark.parametrize("n,k,depth", [(8, 2, 4), (4, 3, 2)])
+def test_eval_parity_with_reference(megatron_tp1, n, k, depth):
+    from vffn_megatron import VersatileFFNConfig
+
+    vffn = VersatileFFNConfig(num_experts=n, top_k=k, max_depth=depth)
+    block = build_block(vffn, megatron_tp1)
+    out, ref, _, _ = run_both(block, vffn, train=False)
+    assert rel_err(out, ref) < 1e-5
+    st = block.pop_stats()
+    assert st["depth_counts"].sum() == SEQ * BATCH
+    assert (st["depth_counts"] > 0).sum() >= 2, "test should cover several chosen depths"
+
+
+def test_gumbel_noise_is_a_pure_function_of_step(megatron_tp1):
+    from vffn_megatron import VersatileFFNConfig
+
+    block = build_block(VersatileFFNConfig(), megatron_tp1)
+    block.set_step(7, seed=3)
+    a = block._gumbel_noise((5, 4), torch.device("cpu"))
+    b = block._gumbel_noise((5, 4), torch.device("cpu"))  # call counter is not advanced by sampling itself
+    block.set_step(7, seed=3)
+    c = block._gumbel_noise((5, 4), torch.device("cpu"))
+    block.set_step(8, seed=3)
+    d = block._gumbel_noise((5, 4), torch.device("cpu"))
+    assert torch.equal(a, b) and torch.equal(a, c) and not torch.equal(a, d)
+
+
+def test_temperature_schedule():
+    from vffn_megatron import VersatileFFNConfig
+
+    c = VersatileFFNConfig()
+    assert c.tau(0) == 5.0
+    assert c.tau(1000) == pytest.approx(5.0 * 0.99984 ** 1000)
+    assert c.tau(10**6) == 0.1
+
+
+def test_aux_loss_changes_gradient_not_output(megatron_tp1):
+    from megatron.core.transformer.moe.moe_utils import clear_aux_losses_tracker, get_moe_layer_wise_logging_tracker
+
+    from vffn_megatron import VersatileFFNConfig
+    from vffn_megatron.versatile_ffn import AUX_LOSS_NAME
+
+    torch.manual_seed(2)
+    x = torch.randn(SEQ, BATCH, D_MODEL)
+    noise = torch.zeros(SEQ * BATCH, 4)
+    outs, grads = [], []
+    for coeff in (0.0, 0.5):
+        block = build_block(VersatileFFNConfig(aux_loss_coeff=coeff), megatron_tp1)
+        block.noise_fn = lambda shape, device: noise
+        block.train()
+        delta, _ = block(x)
+        delta.sum().backward()
+        outs.append(delta.detach())
+        grads.append(block.router.weight.grad.clone())
+    assert torch.equal(outs[0], outs[1])
+    assert not torch.allclose(grads[0], grads[1])
+    tracker = get_moe_layer_wise_logging_tracker()
+    assert AUX_LOSS_NAME in tracker and tracker[AUX_LOSS_NAME]["values"][0] > 0
+    clear_aux_losses_tracker()
+
+
+def test_recompute_gives_identical_gradients(megatron_tp1):
+    from vffn_megatron import VersatileFFNConfig
+
+    noise = torch.randn(SEQ * BATCH, 4)
+    res = []
+    for recompute in (False, True):
+        block = build_block(VersatileFFNConfig(recompute=recompute, aux_loss_coeff=1e-2), megatron_tp1)
+        out, _, grads, _ = run_both(block, block.vffn, train=True, noise=noise)
+        res.append((out, grads))
+    assert torch.equal(res[0][0], res[1][0])
+    for name, g in res[0][1].items():
+        assert torch.equal(g, res[1][1][name]), name
