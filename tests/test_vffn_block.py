@@ -153,4 +153,6 @@ def test_recompute_gives_identical_gradients(megatron_tp1):
         res.append((out, grads))
     assert torch.equal(res[0][0], res[1][0])
     for name, g in res[0][1].items():
-        assert torch.equal(g, res[1][1][name]), name
+        # Same math; only the order in which autograd sums a weight's contributions (fc2 is used by the loops
+        # and by the width path) differs once a loop runs inside its own backward, hence fp32 rounding.
+        torch.testing.assert_close(res[1][1][name], g, rtol=1e-6, atol=1e-9, msg=name)

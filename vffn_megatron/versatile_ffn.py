@@ -31,7 +31,10 @@ import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel import checkpoint as tp_checkpoint
-from megatron.core.tensor_parallel.mappings import scatter_to_tensor_model_parallel_region
+from megatron.core.tensor_parallel.mappings import (
+    reduce_from_tensor_model_parallel_region,
+    scatter_to_tensor_model_parallel_region,
+)
 from megatron.core.transformer.mlp import apply_swiglu_sharded_factory
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler, save_to_aux_losses_tracker
@@ -77,6 +80,9 @@ def check_transformer_config(config: TransformerConfig, vffn: VersatileFFNConfig
     if config.recompute_granularity is not None:
         raise VFFNConfigError("megatron recompute (recompute_granularity) would re-sample VersatileFFN's Gumbel "
                               "noise; set recompute_granularity=None and use vffn.recompute=true instead")
+    if config.gradient_accumulation_fusion:
+        raise VFFNConfigError("VersatileFFN applies fc2's weight directly for its fused width path, which "
+                              "gradient_accumulation_fusion (main_grad) does not see; set it to False")
     if config.pipeline_model_parallel_size != 1:
         raise VFFNConfigError("VersatileFFN models support pipeline_model_parallel_size=1 only")
 
@@ -179,17 +185,45 @@ class VersatileFFN(MegatronModule):
         running delta acc, which the depth mixing needs anyway: with recompute, memory grows by T*d per loop."""
         return self._loop(x + acc)
 
-    def _first_loop(self, u: torch.Tensor, w_local: torch.Tensor, wide_idx: Optional[torch.Tensor] = None):
-        """Loop 1 plus the width delta from the same hidden activations in a single fc2 call.
+    def _width_partial(self, h: torch.Tensor, w_local: torch.Tensor, top_idx: torch.Tensor) -> torch.Tensor:
+        """This rank's un-reduced fc2 contribution of the width path, ``sum_e w_e W2[:, e] h[e]``: [T, d].
 
-        w_local: [T_w, 1, N/t] width weights of this rank's sub-experts for the tokens ``wide_idx`` (all if None).
+        Only the (token, sub-expert) pairs in each token's top-k are computed (k/N of a dense fc2): pairs are
+        sorted by sub-expert and each local sub-expert's rows go through one matmul with its W2 column block
+        (a view, no weight copy). h: [T, F/t] hidden activations; w_local: [T, N/t]; top_idx: [T, k] global ids.
+        """
+        T, n_loc, size = h.shape[0], self.local_experts, self.expert_size
+        lo = parallel_state.get_tensor_model_parallel_rank() * n_loc if self.config.tensor_model_parallel_size > 1 else 0
+        local = top_idx - lo
+        tok, slot = torch.nonzero((local >= 0) & (local < n_loc), as_tuple=True)
+        expert = local[tok, slot]
+        expert, order = torch.sort(expert, stable=True)
+        tok = tok.index_select(0, order)
+        rows = h.view(T, n_loc, size)[tok, expert] * w_local[tok, expert].unsqueeze(-1)  # [P, size]
+        w2 = self.linear_fc2.weight.view(-1, n_loc, size)  # [d, N/t, size]
+        counts = torch.bincount(expert, minlength=n_loc).tolist()
+        outs, start = [], 0
+        for e, c in enumerate(counts):
+            if c:
+                outs.append(rows[start:start + c] @ w2[:, e, :].t())
+            start += c
+        out = torch.cat(outs, 0) if outs else rows.new_zeros(0, w2.shape[0])
+        return torch.zeros(T, w2.shape[0], dtype=out.dtype, device=out.device).index_add(0, tok, out)
+
+    def _first_loop(self, u: torch.Tensor, w_local: torch.Tensor, top_idx: torch.Tensor,
+                    wide_idx: Optional[torch.Tensor] = None):
+        """Loop 1 plus the width delta from the same hidden activations, reduced across TP in one all-reduce.
+
+        w_local: [T_w, 1, N/t] width weights of this rank's sub-experts and top_idx [T_w, k] for the tokens
+        ``wide_idx`` (all tokens if None). fc2 is applied with linear_fc2's weight directly (as its
+        RowParallelLinear forward would) so both partial sums share megatron's single TP reduction.
         """
         h = self._hidden(u)
         hw = h if wide_idx is None else h.index_select(0, wide_idx)
-        t_w = hw.shape[0]
-        hw = (hw.view(t_w, 1, self.local_experts, self.expert_size) * w_local.unsqueeze(-1)).view_as(hw)
-        out, _ = self.linear_fc2(torch.cat([h, hw], dim=0))
-        return out[: h.shape[0]], out[h.shape[0]:]
+        width = self._width_partial(hw[:, 0], w_local[:, 0], top_idx).unsqueeze(1)
+        both = reduce_from_tensor_model_parallel_region(
+            torch.cat([F.linear(h, self.linear_fc2.weight), width], dim=0))
+        return both[: h.shape[0]], both[h.shape[0]:]
 
     def _maybe_recompute(self, fn, *args):
         if self.vffn.recompute and self.training and torch.is_grad_enabled():
@@ -228,7 +262,7 @@ class VersatileFFN(MegatronModule):
         y = y_hard - y_soft.detach() + y_soft  # [T, D]
         self._micro += 1
 
-        acc, width_delta = self._maybe_recompute(self._first_loop, x, self._local(w_full, x.dtype))
+        acc, width_delta = self._maybe_recompute(self._first_loop, x, self._local(w_full, x.dtype), top_idx)
         deep_delta = y[:, 0, None, None].to(x.dtype) * acc
         for i in range(1, D):  # acc_i = x_i - x, accumulated as deltas
             acc = acc + self._maybe_recompute(self._loop_from_delta, x, acc)
@@ -250,7 +284,7 @@ class VersatileFFN(MegatronModule):
         m = (D - L).to(x.dtype) / D
         wide_idx = torch.nonzero(L < D).squeeze(1)  # tokens that use the width path at all (m > 0)
         w_full, top_idx, _ = self._width_weights(x.index_select(0, wide_idx)[:, 0])
-        f, width_delta = self._first_loop(x, self._local(w_full, x.dtype), wide_idx)
+        f, width_delta = self._first_loop(x, self._local(w_full, x.dtype), top_idx, wide_idx)
         deep = f.clone()  # delta of x_L - x per token, accumulated only for tokens still looping
         idx, u = torch.arange(T, device=x.device), x + f
         for i in range(2, D + 1):
