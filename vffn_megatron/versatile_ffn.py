@@ -14,8 +14,9 @@ and ``forward`` receives the raw residual stream x and returns the residual *del
 deltas, never as a difference of large numbers); ``mlp_bda`` adds x back.
 
 Width path = exact slices of the first loop's hidden activations: FFN_e(norm(x)) = W2[:, e] h1[e], so
-``sum_e w_e FFN_e(norm(x)) = W2 (w ⊙ h1)`` is computed in the same ``linear_fc2`` call as the first loop
-(stacked along the token axis), which adds no collective under tensor parallelism.
+``sum_e w_e FFN_e(norm(x))`` needs no fc1 of its own, only an fc2 over each token's k chosen sub-experts
+(grouped per sub-expert, weight views, no copies). Its partial sum is reduced across TP in the same
+all-reduce as the first loop's fc2, so the width path adds no collective.
 
 Tensor parallelism: fc1 is column-parallel in megatron's gated layout (each rank holds [gate_r; up_r]), fc2
 row-parallel, so TP rank r owns whole sub-experts [r*N/t, (r+1)*N/t). Routers are replicated; the width
