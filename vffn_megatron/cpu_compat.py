@@ -68,3 +68,12 @@ def apply() -> bool:
     fused_softmax.get_default_causal_mask = tutils.get_default_causal_mask = _cpu_causal_mask
     _APPLIED = True
     return True
+
+
+def apply_te_absent_fixes() -> None:
+    """megatron-core 0.16.1's MoE router references ``te_general_gemm`` even when Transformer Engine is not
+    installed (NameError in ``RouterGatingLinearFunction``). Define it as None when missing; a no-op with TE."""
+    from megatron.core.transformer.moe import moe_utils
+
+    if not hasattr(moe_utils, "te_general_gemm"):
+        moe_utils.te_general_gemm = None

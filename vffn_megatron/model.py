@@ -74,16 +74,32 @@ def transformer_config(cfg: GPTConfig, tensor_parallel_size: int = 1, bf16: bool
 
 
 def build_gpt_model(cfg: GPTConfig, vffn: Optional[VersatileFFNConfig] = None, tensor_parallel_size: int = 1,
-                    bf16: bool = False):
-    """GPTModel with the VersatileFFN spec (``vffn`` given) or the dense baseline; call init_megatron first."""
+                    bf16: bool = False, kloop=None, moe=None):
+    """GPTModel whose FFN is VersatileFFN (``vffn``), the k-loop baseline (``kloop``: KLoopConfig), megatron's
+    MoE (``moe``: MoEConfig), or the dense baseline (none given). Call init_megatron first."""
     from megatron.core.models.gpt import GPTModel
 
+    from .baselines import configure_moe, get_kloop_layer_spec, get_moe_layer_spec
+
+    chosen = [n for n, v in (("vffn", vffn), ("kloop", kloop), ("moe", moe)) if v is not None]
+    if len(chosen) > 1:
+        raise VFFNConfigError(f"choose one FFN kind, got {chosen}")
     cfg.validate(tensor_parallel_size)
+    tcfg = transformer_config(cfg, tensor_parallel_size, bf16)
     if vffn is not None:
         vffn.validate(cfg.ffn_hidden_size, tensor_parallel_size)
-    tcfg = transformer_config(cfg, tensor_parallel_size, bf16)
+        spec = get_layer_spec(vffn)
+    elif kloop is not None:
+        kloop.validate()
+        spec = get_kloop_layer_spec(kloop)
+    elif moe is not None:
+        moe.validate(tensor_parallel_size)
+        tcfg = configure_moe(tcfg, moe)
+        spec = get_moe_layer_spec(moe)
+    else:
+        spec = get_layer_spec(None)
     model = GPTModel(
-        config=tcfg, transformer_layer_spec=get_layer_spec(vffn), vocab_size=cfg.vocab_size,
+        config=tcfg, transformer_layer_spec=spec, vocab_size=cfg.vocab_size,
         max_sequence_length=cfg.seq_length, position_embedding_type="rope", rotary_base=cfg.rotary_base,
         share_embeddings_and_output_weights=not cfg.untie_embeddings_and_output_weights,
     )

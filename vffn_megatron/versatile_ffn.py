@@ -25,8 +25,7 @@ all-gathers, so every rank sees the full router gradient.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -36,22 +35,15 @@ from megatron.core.tensor_parallel.mappings import (
     reduce_from_tensor_model_parallel_region,
     scatter_to_tensor_model_parallel_region,
 )
-from megatron.core.transformer.mlp import apply_swiglu_sharded_factory
-from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler, save_to_aux_losses_tracker
-from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from .config import VersatileFFNConfig, VFFNConfigError
+from .shared_ffn import SharedFFNSubmodules, SharedSwiGLU
+
+VersatileFFNSubmodules = SharedFFNSubmodules  # the block's submodules: norm, linear_fc1, linear_fc2
 
 AUX_LOSS_NAME = "vffn_load_balancing_loss"
-
-
-@dataclass
-class VersatileFFNSubmodules:
-    norm: Union[ModuleSpec, type, None] = None
-    linear_fc1: Union[ModuleSpec, type, None] = None
-    linear_fc2: Union[ModuleSpec, type, None] = None
 
 
 def _mix_seed(*parts: int) -> int:
@@ -88,7 +80,7 @@ def check_transformer_config(config: TransformerConfig, vffn: VersatileFFNConfig
         raise VFFNConfigError("VersatileFFN models support pipeline_model_parallel_size=1 only")
 
 
-class VersatileFFN(MegatronModule):
+class VersatileFFN(SharedSwiGLU):
     """The VersatileFFN block; constructor contract of megatron's ``MLP`` (``config``, ``submodules``)."""
 
     def __init__(
@@ -98,26 +90,15 @@ class VersatileFFN(MegatronModule):
         vffn: Optional[VersatileFFNConfig] = None,
         **kwargs,  # TransformerLayer may pass tp_group / is_expert / pg_collection: default TP group is used
     ):
-        super().__init__(config=config)
         self.vffn = vffn or VersatileFFNConfig()
         check_transformer_config(config, self.vffn)
+        super().__init__(config=config, submodules=submodules)
         tp = config.tensor_model_parallel_size
         d, ffn = config.hidden_size, config.ffn_hidden_size
         self.num_experts, self.top_k, self.max_depth = self.vffn.num_experts, self.vffn.top_k, self.vffn.max_depth
         self.local_experts = self.num_experts // tp
         self.expert_size = ffn // self.num_experts
-        self.layer_number: Optional[int] = None
 
-        self.norm = build_module(submodules.norm, config=config, hidden_size=d, eps=config.layernorm_epsilon)
-        self.linear_fc1 = build_module(
-            submodules.linear_fc1, d, 2 * ffn, config=config, init_method=config.init_method,
-            gather_output=False, bias=False, skip_bias_add=True, is_expert=False,
-            tp_comm_buffer_name="fc1", stride=2,  # each TP rank holds its own [gate_r; up_r]
-        )
-        self.linear_fc2 = build_module(
-            submodules.linear_fc2, ffn, d, config=config, init_method=config.output_layer_init_method,
-            bias=False, input_is_parallel=True, skip_bias_add=True, is_expert=False, tp_comm_buffer_name="fc2",
-        )
         # Replicated on every TP rank; they read the un-normalised residual stream.
         self.router = torch.nn.Linear(d, self.num_experts, bias=False, dtype=config.params_dtype)
         self.depth_router = torch.nn.Linear(d, self.max_depth, bias=False, dtype=config.params_dtype)
@@ -135,9 +116,6 @@ class VersatileFFN(MegatronModule):
         self.reset_stats()
 
     # ----------------------------------------------------------------- hooks used by the trainer
-    def set_layer_number(self, layer_number: int) -> None:
-        self.layer_number = layer_number
-
     def set_step(self, step: int, seed: Optional[int] = None) -> None:
         """Set the global step (temperature, noise) before each training step's micro-batches."""
         self.global_step = int(step)
@@ -170,16 +148,6 @@ class VersatileFFN(MegatronModule):
         gen = torch.Generator(device=device)
         gen.manual_seed(_mix_seed(self.noise_seed, dp_rank, self.global_step, self._micro, self.layer_number or 0))
         return -torch.empty(shape, device=device, dtype=torch.float32).exponential_(generator=gen).log()
-
-    def _hidden(self, u: torch.Tensor) -> torch.Tensor:
-        """SwiGLU hidden activations of the local sub-experts: [T, 1, F/t]."""
-        a, _ = self.linear_fc1(self.norm(u))
-        gate, up = torch.chunk(a, 2, dim=-1)
-        return F.silu(gate) * up
-
-    def _loop(self, u: torch.Tensor) -> torch.Tensor:
-        out, _ = self.linear_fc2(self._hidden(u))
-        return out
 
     def _loop_from_delta(self, x: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
         """One loop on x_{i-1} = x + acc_{i-1}. Taking (x, acc) keeps the only per-loop saved tensor the
@@ -321,11 +289,3 @@ class VersatileFFN(MegatronModule):
         else:
             self.stats["depth_counts"] = self.stats["depth_counts"] + depth
             self.stats["expert_counts"] = self.stats["expert_counts"] + experts
-
-    def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata: Optional[dict] = None):
-        sd = super().sharded_state_dict(prefix, sharded_offsets, metadata)
-        singleton = (metadata or {}).get("singleton_local_shards", False)
-        key = f"{prefix}linear_fc1.weight"
-        if key in sd:  # gated fc1: [gate_r; up_r] per rank, resharded like megatron's SwiGLU MLP
-            sd[key] = apply_swiglu_sharded_factory(sd[key], sharded_offsets, singleton)
-        return sd
