@@ -113,6 +113,8 @@ class VersatileFFN(SharedSwiGLU):
         self.noise_seed = 1234
         self._micro = 0
         self.noise_fn: Optional[Callable[[tuple, torch.device], torch.Tensor]] = None
+        self.record_routing = False  # eval: keep each token's chosen loop count in .last_loops
+        self.last_loops: Optional[torch.Tensor] = None
         self.reset_stats()
 
     # ----------------------------------------------------------------- hooks used by the trainer
@@ -218,6 +220,8 @@ class VersatileFFN(SharedSwiGLU):
             delta = self._forward_train(x)
         else:
             delta = self._forward_eval(x)
+            if self.record_routing:  # per-token depth for routing pictures: [b, s] (token order of the batch)
+                self.last_loops = self._last_L.view(s, b).t().cpu()
         return delta.reshape(s, b, d), None
 
     def _forward_train(self, x: torch.Tensor) -> torch.Tensor:
@@ -267,6 +271,7 @@ class VersatileFFN(SharedSwiGLU):
         out = (1 - m)[:, None, None] * deep
         out.index_add_(0, wide_idx, m.index_select(0, wide_idx)[:, None, None] * width_delta)
         self._record_stats(L, top_idx)
+        self._last_L = L
         return out
 
     def _load_balancing_loss(self, logits: torch.Tensor, top_idx: torch.Tensor) -> torch.Tensor:
