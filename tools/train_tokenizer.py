@@ -17,10 +17,10 @@ from vffn_data.corpus import TXT_MODES  # noqa: E402
 
 EPILOG = """\
 settings fixed for exact HF export: identity normalisation (no NFKC), spaces kept as they are
-  (no whitespace collapsing; code indentation survives), a "▁" dummy prefix, whole documents fed
-  line by line. Special ids: <unk>=0, <s>=1, </s>=2, <pad>=3 by default (ids shift down when
-  --no-bos / --no-pad drop one). </s> is the end-of-document (EOD) token of preprocess_data.py.
-  The HF tokenizer adds no BOS/EOS by itself and treats "</s>" typed in text as plain characters,
+  (no whitespace collapsing; code indentation survives), no "▁" dummy prefix unless
+  --add-dummy-prefix, whole documents fed line by line. Special ids: <unk>=0, <s>=1, </s>=2,
+  <pad>=3 by default (ids shift down when --no-bos / --no-pad drop one). The EOS piece is the
+  end-of-document (EOD) token of preprocess_data.py --append-eod. The HF tokenizer adds no BOS/EOS by itself and treats "</s>" typed in text as plain characters,
   exactly like sentencepiece. After export, the first 200 documents are encoded both ways: a BPE
   mismatch is an error (exit 1); unigram ties can differ and are reported as a warning.
 speed: the bundled corpus (6.5 MB) trains a 4096-piece BPE in about a second on 2 cores; memory
@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "0.9995 suits large CJK alphabets)")
     g.add_argument("--no-byte-fallback", action="store_true", help="unknown characters become <unk> instead of UTF-8 bytes")
     g.add_argument("--no-split-digits", action="store_true", help="allow multi-digit pieces (default: one digit per piece)")
+    g.add_argument("--add-dummy-prefix", action="store_true",
+                   help="Llama-style: encode text as if it began with a space. HF then differs from sentencepiece "
+                        "right after a --user-defined-symbols piece (HF adds a space there)")
     g.add_argument("--unk-piece", default="<unk>")
     g.add_argument("--bos-piece", default="<s>")
     g.add_argument("--eos-piece", default="</s>", help="also the end-of-document token (default: </s>)")
@@ -78,7 +81,7 @@ def main(argv=None) -> int:
         byte_fallback=not args.no_byte_fallback, unk_piece=args.unk_piece,
         bos_piece=None if args.no_bos else args.bos_piece, eos_piece=args.eos_piece,
         pad_piece=None if args.no_pad else args.pad_piece, user_defined_symbols=args.user_defined_symbols,
-        split_digits=not args.no_split_digits, input_sentence_size=args.input_sentence_size,
+        split_digits=not args.no_split_digits, add_dummy_prefix=args.add_dummy_prefix, input_sentence_size=args.input_sentence_size,
         max_sentence_length=args.max_sentence_length, num_threads=args.num_threads, seed=args.seed,
         verbose=args.verbose)
     t0 = time.monotonic()

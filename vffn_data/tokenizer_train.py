@@ -1,8 +1,8 @@
 """Training a sentencepiece tokenizer and exporting it as Hugging Face tokenizer files.
 
 Training settings are chosen so that the HF export can reproduce sentencepiece exactly: identity
-normalisation (no NFKC table to emulate), no whitespace collapsing (also keeps code indentation), a
-dummy "▁" prefix, and byte fallback (no <unk> on unseen characters). ``export_hf`` then builds the
+normalisation (no NFKC table to emulate), no whitespace collapsing (also keeps code indentation), no
+dummy "▁" prefix by default, and byte fallback (no <unk> on unseen characters). ``export_hf`` then builds the
 same model with the ``tokenizers`` library; ``check_hf_matches`` verifies it token for token.
 """
 from __future__ import annotations
@@ -30,6 +30,9 @@ class TrainerOptions:
     pad_piece: str | None = "<pad>"
     user_defined_symbols: list[str] = field(default_factory=list)
     split_digits: bool = True
+    # No "▁" before the first word (like GPT-2/tiktoken): a dummy prefix cannot be reproduced by HF
+    # after user-defined symbols, and it buys little for pretraining on whole documents.
+    add_dummy_prefix: bool = False
     input_sentence_size: int = 2_000_000
     max_sentence_length: int = 16384
     num_threads: int = os.cpu_count() or 1
@@ -82,7 +85,7 @@ def train_sentencepiece(texts: Iterable[str], output_dir: str | os.PathLike, opt
             model_prefix=os.path.join(tmp_prefix, "tokenizer"),
             model_type=opts.model_type, vocab_size=opts.vocab_size,
             character_coverage=opts.character_coverage, byte_fallback=opts.byte_fallback,
-            normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=True,
+            normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=opts.add_dummy_prefix,
             split_digits=opts.split_digits, allow_whitespace_only_pieces=True,
             unk_id=ids["unk"], bos_id=ids["bos"], eos_id=ids["eos"], pad_id=ids["pad"],
             unk_piece=opts.unk_piece, bos_piece=opts.bos_piece or "<s>", eos_piece=opts.eos_piece,
@@ -161,8 +164,10 @@ def sp_to_hf(model_path: str | os.PathLike):
     if ns.add_dummy_prefix:
         dec.append(decoders.Strip(content=" ", left=1, right=0))
     tok.decoder = decoders.Sequence(dec)
-    # Control pieces (<s>, </s>, <pad>) and <unk> are special; user-defined symbols are matched
-    # verbatim by sentencepiece, which is what HF added tokens do.
+    # Control pieces (<s>, </s>, <pad>) and <unk> are special (and kept as plain text in input, see
+    # split_special_tokens). User-defined symbols are matched verbatim by sentencepiece, which is what
+    # HF added tokens do. Known difference, only for models with a dummy prefix (not ours by default):
+    # HF normalises each segment between added tokens alone, so it adds a "▁" after such a symbol.
     tok.add_special_tokens([AddedToken(p.piece, special=True, normalized=False)
                             for p in proto.pieces if p.type in (_CONTROL, _UNKNOWN)])
     user = [AddedToken(p.piece, special=False, normalized=False) for p in proto.pieces if p.type == _USER_DEFINED]
