@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from vffn_data.corpus import InputError
@@ -73,7 +77,7 @@ def main(argv=None) -> int:
     from vffn_data.tokenizer import TokenizerError
 
     # SIGTERM (a scheduler stopping the job) cleans up like Ctrl-C does.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)
     cfg = PreprocessConfig(
         inputs=args.input, tokenizer_model=args.tokenizer_model, output_prefix=args.output_prefix,
         json_keys=args.json_keys, workers=args.workers, append_eod=args.append_eod, strict=args.strict,

@@ -102,6 +102,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (ValueError, RuntimeError) as e:  # strict-mode stop, bad options, sentencepiece's own errors
+        if "stats" in locals() and stats.docs == 0 and not args.strict:
+            e = f"no valid document in the input (skipped: {dict(stats.skipped)}); sentencepiece said: {e}"
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

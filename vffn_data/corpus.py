@@ -104,7 +104,8 @@ def _is_saved_dataset(path: str) -> bool:
 
 def _source(path: str) -> Source:
     if os.path.isdir(path):
-        return Source(path, "arrow", size=sum(e.stat().st_size for e in os.scandir(path) if e.is_file()))
+        size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+        return Source(path, "arrow", size=size)
     suf = _suffix(path)
     if suf is None:
         raise InputError(f"{path}: unsupported input type; supported: {', '.join(SUFFIXES)} files and "
