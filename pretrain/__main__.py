@@ -1,0 +1,83 @@
+"""``python -m pretrain --config configs/X.yaml [section.key=value ...]`` (console script: vffn-pretrain).
+
+Run it under a launcher for several processes (launch/torchrun.sh, launch/deepspeed.sh,
+launch/slurm.sbatch); without one it trains in a single process. Every check that can fail on the
+config, the data or the tokenizer runs before any process group starts.
+
+Exit codes: 0 done (or stopped by SIGTERM after saving), 2 bad configuration, 3 non-finite loss.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+EXIT_CONFIG, EXIT_NONFINITE = 2, 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pretrain", description="Pretrain a VersatileFFN (or dense) GPT with megatron-core + DeepSpeed.",
+        epilog="example: python -m pretrain --config configs/tiny.yaml vffn.max_depth=3 schedule.train_steps=50")
+    p.add_argument("--config", required=True, help="YAML run config (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value",
+                   help="override any config value (YAML syntax: 1e-3, true, null, [1,2])")
+    p.add_argument("--check", action="store_true", help="validate config, data and tokenizer, then exit")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return p
+
+
+def _say(msg: str, err: bool = False) -> None:
+    # one copy per node: every local rank runs the same checks
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        print(msg, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed's CPU accelerator, without its probe warning
+    from .checkpoint import check_layout, resolve_resume
+    from .checks import preflight
+    from .config import ConfigError, load_config, validate
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.print_config:
+            _say(cfg.to_yaml())
+            return 0
+        validate(cfg, world_size=world)
+        resume = resolve_resume(cfg)
+        if resume is not None:
+            check_layout(resume, cfg, world)
+        tokenizer, vocab = preflight(cfg)
+    except ConfigError as e:
+        _say(f"config error: {e}", err=True)
+        return EXIT_CONFIG
+    if args.check:
+        _say(f"config OK: {args.config} (model vocab {vocab}, {world} process(es))")
+        return 0
+
+    from .train import NonFiniteLossError, train
+
+    try:
+        result = train(cfg, tokenizer, vocab, resume)
+    except NonFiniteLossError as e:
+        _say(f"error: {e}", err=True)
+        return EXIT_NONFINITE
+    finally:
+        from vffn_megatron.runtime import destroy
+
+        destroy()
+    how = "stopped by signal" if result.stopped_by_signal else "finished"
+    _say(f"{how} at step {result.final_step}; checkpoints: {os.path.abspath(cfg.checkpoint_dir)}"
+         + (f"; TensorBoard: tensorboard --logdir {os.path.abspath(cfg.tensorboard_dir)}"
+            if cfg.logging.tensorboard else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

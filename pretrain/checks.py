@@ -1,0 +1,123 @@
+"""Pre-flight checks that read files (tokenizer, preprocessed data), run before any process group starts.
+
+The expensive one, the largest token id in each ``.bin`` file, is cached per (path, size, mtime) in the
+data cache directory, so a resumed or re-launched run does not re-scan terabytes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from typing import Optional
+
+import numpy as np
+
+from .config import ConfigError, RunConfig
+
+_IDX_MAGIC = b"MMIDIDX\x00\x00"  # megatron-core indexed dataset header
+
+
+def load_tokenizer(path: str):
+    """The project tokenizer (vffn_data), with an actionable error when it is missing or unreadable."""
+    if not os.path.exists(path):
+        raise ConfigError(f"data.tokenizer: {path} does not exist; train one with "
+                          f"`python tools/train_tokenizer.py --input <text> --output-dir {path} --vocab-size N`")
+    try:
+        from vffn_data.tokenizer import load_tokenizer as _load
+    except ImportError as e:  # pragma: no cover - the data package is part of this repository
+        raise ConfigError(f"cannot import vffn_data.tokenizer ({e}); is the vffn package installed (pip install -e .)?")
+    try:
+        return _load(path)
+    except Exception as e:  # a foreign/corrupt directory: say which file and what went wrong
+        raise ConfigError(f"data.tokenizer: cannot load the tokenizer at {path}: {type(e).__name__}: {e}") from None
+
+
+def resolve_vocab_size(cfg: RunConfig, tokenizer_vocab: int) -> int:
+    """The model's embedding rows: explicit model.vocab_size, or the tokenizer's padded for TP."""
+    tp = cfg.parallel.tensor_model_parallel_size
+    if cfg.model.vocab_size is not None:
+        if cfg.model.vocab_size < tokenizer_vocab:
+            raise ConfigError(f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the tokenizer's vocabulary "
+                              f"({tokenizer_vocab}, {cfg.data.tokenizer}); set model.vocab_size: null to derive it")
+        return cfg.model.vocab_size
+    # independent of the TP size (unlike megatron's divisible_by x TP), so one seed gives the same
+    # model at every TP size and checkpoints can be resharded
+    multiple = math.lcm(cfg.model.make_vocab_size_divisible_by, tp)
+    return -(-tokenizer_vocab // multiple) * multiple
+
+
+def _read_idx_dtype(idx_path: str) -> np.dtype:
+    from megatron.core.datasets.indexed_dataset import DType
+
+    with open(idx_path, "rb") as f:
+        head = f.read(18)
+    if len(head) < 18 or head[:9] != _IDX_MAGIC:
+        raise ConfigError(f"{idx_path} is not a megatron indexed-dataset index (bad header); "
+                          f"re-create it with tools/preprocess_data.py")
+    return np.dtype(DType.dtype_from_code(struct.unpack("<B", head[17:18])[0]))
+
+
+def max_token_id(prefix: str, cache_dir: Optional[str] = None) -> int:
+    """Largest token id stored in ``prefix.bin`` (cached by path, size and mtime)."""
+    bin_path, idx_path = prefix + ".bin", prefix + ".idx"
+    st = os.stat(bin_path)
+    key = f"{os.path.abspath(bin_path)}|{st.st_size}|{st.st_mtime_ns}"
+    cache_file = os.path.join(cache_dir, "max_token_ids.json") if cache_dir else None
+    cache = {}
+    if cache_file and os.path.exists(cache_file):
+        try:
+            with open(cache_file) as f:
+                cache = json.load(f)
+        except (OSError, ValueError):
+            cache = {}
+    if key in cache:
+        return int(cache[key])
+    dtype = _read_idx_dtype(idx_path)
+    if st.st_size == 0:
+        return -1
+    data = np.memmap(bin_path, dtype=dtype, mode="r")
+    chunk = 1 << 26  # bounded resident memory on multi-GB files
+    result = max(int(data[i:i + chunk].max()) for i in range(0, data.shape[0], chunk))
+    del data
+    if cache_file:
+        try:  # several ranks may write: atomic replace, a lost update only costs a re-scan
+            os.makedirs(cache_dir, exist_ok=True)
+            cache[key] = result
+            tmp = f"{cache_file}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(cache, f)
+            os.replace(tmp, cache_file)
+        except OSError:
+            pass
+    return result
+
+
+def check_data(cfg: RunConfig, tokenizer) -> None:
+    """Every dataset prefix exists and its token ids fit the tokenizer (and hence the model)."""
+    for i, entry in enumerate(cfg.data.datasets):
+        missing = [p for p in (entry.path + ".bin", entry.path + ".idx") if not os.path.isfile(p)]
+        if missing:
+            raise ConfigError(f"data.datasets[{i}].path: {', '.join(missing)} not found. The path is the prefix "
+                              f"written by `tools/preprocess_data.py --output-prefix P` (e.g. P_text_document), "
+                              f"without .bin/.idx")
+        _read_idx_dtype(entry.path + ".idx")
+        if cfg.data.check_token_ids:
+            top = max_token_id(entry.path, cfg.data_cache_dir)
+            if top >= tokenizer.vocab_size:
+                raise ConfigError(
+                    f"data.datasets[{i}] ({entry.path}) contains token id {top}, but the tokenizer "
+                    f"{cfg.data.tokenizer} has only {tokenizer.vocab_size} tokens: the data was preprocessed with "
+                    f"another tokenizer. Re-run tools/preprocess_data.py with --tokenizer-model {cfg.data.tokenizer} "
+                    f"or point data.tokenizer at the tokenizer used for this data")
+
+
+def preflight(cfg: RunConfig):
+    """File checks + vocabulary resolution. Returns (tokenizer, model vocab size)."""
+    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    for attr in ("vocab_size", "eod", "unique_identifiers"):
+        if not hasattr(tokenizer, attr):
+            raise ConfigError(f"the tokenizer at {cfg.data.tokenizer} has no '{attr}' (not a vffn_data tokenizer?)")
+    vocab = resolve_vocab_size(cfg, tokenizer.vocab_size)
+    check_data(cfg, tokenizer)
+    return tokenizer, vocab

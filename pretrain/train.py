@@ -1,0 +1,260 @@
+"""The training loop: megatron GPTModel in a DeepSpeed engine, data by DP rank, eval, checkpoints, metrics.
+
+Step numbering: ``step`` counts completed optimizer updates; the update with index ``step`` (0-based)
+uses Gumbel temperature tau(step) and the LR multiplier lr_lambda(step), and is logged as step+1.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+
+from . import checkpoint as ckpt
+from .config import RunConfig
+from .data import build_datasets, data_signature, loader, to_device
+from .engine import build_engine
+from .metrics import Metrics, aux_losses, routing_stats
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf (on_nonfinite: stop); raised before the step's update is applied."""
+
+
+@dataclass
+class RunResult:
+    losses: dict = field(default_factory=dict)  # step -> training loss (mean over the global batch)
+    valid_losses: dict = field(default_factory=dict)
+    grad_norms: dict = field(default_factory=dict)
+    start_step: int = 0
+    final_step: int = 0
+    stopped_by_signal: bool = False
+    skipped_steps: int = 0
+    tokens_per_sec: float = 0.0  # global tokens / s over the steps after the first (compile/warm-up excluded)
+    checkpoints: list = field(default_factory=list)
+
+
+def setup_parallel(cfg: RunConfig) -> int:
+    """Process group (NCCL on CUDA, gloo on CPU) + megatron parallel state + seeds. Returns world size."""
+    from vffn_megatron import init_megatron
+    from vffn_megatron.runtime import init_distributed
+
+    init_distributed(timeout_minutes=cfg.parallel.timeout_minutes)
+    init_megatron(cfg.parallel.tensor_model_parallel_size, seed=cfg.seed)
+    return dist.get_world_size()
+
+
+def build_model(cfg: RunConfig, vocab_size: int):
+    from vffn_megatron import build_gpt_model
+
+    gpt = cfg.model.gpt()
+    gpt.vocab_size = vocab_size
+    return build_gpt_model(gpt, cfg.vffn_or_none, cfg.parallel.tensor_model_parallel_size,
+                           bf16=cfg.precision == "bf16")
+
+
+def _micro_loss(engine, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of masked per-token losses, number of loss tokens) for one micro-batch."""
+    per_token = engine(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
+    mask = batch["loss_mask"].to(per_token.dtype)
+    return (per_token.float() * mask.float()).sum(), mask.float().sum()
+
+
+def _tp_grad_norm(model: torch.nn.Module) -> float:
+    """Global gradient 2-norm from ``param.grad`` (ZeRO 0), counting TP-replicated parameters once."""
+    from megatron.core import parallel_state as ps
+
+    tp_rank = ps.get_tensor_model_parallel_rank()
+    sq = torch.zeros((), dtype=torch.float64, device=next(model.parameters()).device)
+    for p in model.parameters():
+        if p.grad is not None and (getattr(p, "tensor_model_parallel", False) or tp_rank == 0):
+            sq += p.grad.detach().double().pow(2).sum()
+    if ps.get_tensor_model_parallel_world_size() > 1:
+        dist.all_reduce(sq, group=ps.get_tensor_model_parallel_group())
+    return float(sq.sqrt())
+
+
+class _DroppedUpdate:
+    """skip mode: the coming ``engine.step()`` discards this step's gradients without an update.
+
+    The DeepSpeed ZeRO / bf16 optimizers detect the non-finite gradient norm themselves and drop the
+    update (bf16 needs bf16.check_grad_overflow, which ds_config sets in skip mode). A plain torch
+    optimizer (ZeRO 0, fp32) has no such check: its ``step`` is made a no-op for this one call, and
+    DeepSpeed still zeroes the gradients and advances its counters and the LR schedule.
+    """
+
+    def __init__(self, engine, active: bool):
+        self.opt = engine.optimizer if active and isinstance(engine.optimizer, torch.optim.Optimizer) else None
+
+    def __enter__(self):
+        if self.opt is not None:
+            self.saved = self.opt.__dict__.get("step")  # torch's LR scheduler may have wrapped it
+            self.opt.step = lambda *a, **k: None  # instance attribute shadows the method
+
+    def __exit__(self, *exc):
+        if self.opt is not None:
+            if self.saved is None:
+                del self.opt.step
+            else:
+                self.opt.step = self.saved
+
+
+@torch.no_grad()
+def evaluate(engine, valid_ds, cfg: RunConfig, dp_rank: int, dp_size: int) -> float:
+    s = cfg.schedule
+    engine.eval()
+    num = torch.zeros(2, dtype=torch.float64, device=engine.device)
+    for batch in loader(valid_ds, cfg, 0, s.eval_iters * s.global_batch_size, dp_rank, dp_size):
+        loss_sum, count = _micro_loss(engine, to_device(batch, engine.device))
+        num += torch.stack([loss_sum.double(), count.double()])
+    dist.all_reduce(num)  # TP ranks add identical copies to numerator and denominator alike
+    engine.train()
+    from vffn_megatron import vffn_modules
+
+    for m in vffn_modules(engine.module):  # eval routing is not training routing: drop it
+        m.pop_stats()
+    return float(num[0] / num[1].clamp_min(1))
+
+
+def train(cfg: RunConfig, tokenizer, vocab_size: int, resume: Optional[ckpt.ResumePoint] = None,
+          model_hook: Optional[Callable] = None, destroy_engine: bool = True) -> RunResult:
+    """Run (or continue) the configured training; the process group is set up here if needed."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler, clear_aux_losses_tracker
+    from vffn_megatron import set_vffn_step
+
+    world = setup_parallel(cfg)
+    rank = dist.get_rank()
+    dp_rank, dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
+    gas = cfg.grad_accum_steps(world)
+    s = cfg.schedule
+
+    model = build_model(cfg, vocab_size)
+    if model_hook is not None:
+        model_hook(model)
+    engine = build_engine(cfg, model, world)
+    device = engine.device
+    # DeepSpeed divides the loss by the accumulation steps in engine.backward; the router aux loss
+    # injects its gradient directly, so it gets the same factor.
+    MoEAuxLossAutoScaler.set_loss_scale(torch.tensor(1.0 / gas, device=device))
+    clear_aux_losses_tracker()
+
+    checkpointer = ckpt.Checkpointer(cfg, world)
+    result = RunResult()
+    step, consumed = 0, 0
+    metrics_start = 0
+    if resume is not None:
+        state = checkpointer.load(engine, resume)
+        step, consumed = int(state.get("step", 0)), int(state.get("consumed_samples", 0))
+        result.skipped_steps = int(state.get("skipped_steps", 0))
+        if rank == 0 and state.get("data_signature") not in (None, data_signature(cfg)):
+            print(f"WARNING: the data configuration differs from the checkpoint's ({resume.path}); "
+                  f"continuing at sample {consumed} of the new data order", flush=True)
+        metrics_start = step
+    result.start_step = step
+
+    train_ds, valid_ds = build_datasets(cfg, tokenizer, world)
+    batches = iter(loader(train_ds, cfg, consumed, s.train_steps * s.global_batch_size, dp_rank, dp_size))
+    metrics = Metrics(cfg, rank, metrics_start)
+    if resume is not None:
+        metrics.info(f"resumed from {resume.path} at step {step} ({consumed} samples consumed)")
+    if rank == 0:
+        os.makedirs(cfg.output_dir, exist_ok=True)
+        with open(os.path.join(cfg.output_dir, "config.yaml"), "w") as f:
+            f.write(cfg.to_yaml())
+
+    stop = ckpt.StopSignal().install() if cfg.checkpoint.save_on_sigterm else None
+    tokens_per_step = s.global_batch_size * cfg.model.seq_length
+    last_saved = step if resume is not None else None
+    timed_steps, timed_secs = 0, 0.0
+    micro_since_log = 0
+
+    def save() -> None:
+        nonlocal last_saved
+        state = {"step": step, "consumed_samples": consumed, "skipped_steps": result.skipped_steps,
+                 "data_signature": data_signature(cfg), "config": cfg.to_dict()}
+        result.checkpoints.append(checkpointer.save(engine, step, state))
+        last_saved = step
+        metrics.info(f"saved checkpoint {result.checkpoints[-1]}")
+
+    try:
+        engine.train()
+        while step < s.train_steps:
+            t0 = time.perf_counter()
+            set_vffn_step(engine.module, step, cfg.seed)
+            local = torch.zeros((), dtype=torch.float64, device=device)
+            for micro in range(gas):
+                batch = to_device(next(batches), device)
+                loss_sum, count = _micro_loss(engine, batch)
+                loss = loss_sum / count.clamp_min(1)
+                engine.backward(loss)
+                local += loss.detach().double()
+                if micro < gas - 1:
+                    engine.step()  # accumulation: DeepSpeed only counts the micro-step here
+            # one collective per step: mean loss, any non-finite rank, any rank asked to stop
+            finite = bool(torch.isfinite(local))
+            flags = torch.tensor([local.item() / gas if finite else 0.0, 0.0 if finite else 1.0,
+                                  1.0 if (stop and stop.received) else 0.0], dtype=torch.float64, device=device)
+            dist.all_reduce(flags)
+            mean_loss = float(flags[0]) / world  # TP ranks hold the same value: the world mean is the DP mean
+            if flags[1] > 0:
+                if cfg.on_nonfinite == "stop":
+                    raise NonFiniteLossError(
+                        f"non-finite training loss at step {step + 1} (on {int(flags[1])} of {world} ranks); the "
+                        f"update was not applied. Lower optimizer.lr, check the data, resume from the last "
+                        f"checkpoint, or set on_nonfinite=skip to drop such steps")
+                mean_loss = float("nan")
+            grad_norm = _tp_grad_norm(engine.module) if isinstance(engine.optimizer, torch.optim.Optimizer) else None
+            lr = engine.get_lr()[0]  # the rate this update uses
+            with _DroppedUpdate(engine, active=flags[1] > 0):
+                engine.step()  # accumulation boundary: reduce, clip, update, LR schedule
+            if grad_norm is None:
+                grad_norm = engine.get_global_grad_norm()
+                grad_norm = float(grad_norm) if grad_norm is not None else None
+            if flags[1] > 0:
+                result.skipped_steps += 1
+                metrics.info(f"WARNING: non-finite loss at step {step + 1}: update skipped "
+                             f"({result.skipped_steps} skipped so far)")
+                grad_norm = None
+            step += 1
+            consumed += s.global_batch_size
+            micro_since_log += gas
+            dt = time.perf_counter() - t0
+            if step > result.start_step + 1:
+                timed_steps, timed_secs = timed_steps + 1, timed_secs + dt
+            tau = cfg.vffn.tau(step - 1) if cfg.is_vffn else None
+            result.losses[step] = mean_loss
+            result.grad_norms[step] = grad_norm
+            metrics.step(step, mean_loss, lr, grad_norm, consumed, tokens_per_step, result.skipped_steps)
+            if step % cfg.logging.log_interval == 0 or step == s.train_steps:
+                routing = routing_stats(engine.module, ps.get_data_parallel_group()) if cfg.is_vffn else {}
+                aux = aux_losses(micro_since_log, ps.get_data_parallel_group()) if cfg.is_vffn else None
+                micro_since_log = 0
+                metrics.log(step, lr, grad_norm, consumed, result.skipped_steps, tau, routing, aux)
+            if valid_ds is not None and (step % s.eval_interval == 0 or step == s.train_steps):
+                result.valid_losses[step] = evaluate(engine, valid_ds, cfg, dp_rank, dp_size)
+                metrics.valid(step, result.valid_losses[step])
+            if cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0:
+                save()
+            if flags[2] > 0:
+                metrics.info(f"stop signal received: saving at step {step} and exiting")
+                if last_saved != step:
+                    save()
+                result.stopped_by_signal = True
+                break
+        else:
+            if cfg.checkpoint.save_at_end and last_saved != step:
+                save()
+    finally:
+        if stop:
+            stop.uninstall()
+        metrics.close()
+        if destroy_engine and hasattr(engine, "destroy"):
+            engine.destroy()
+    result.final_step = step
+    result.tokens_per_sec = tokens_per_step * timed_steps / timed_secs if timed_secs > 0 else 0.0
+    return result

@@ -1,0 +1,71 @@
+"""Acceptance 1 and 2 (+ aux-loss scaling, non-finite loss handling) from ONE 2-process torchrun launch.
+
+tests/pretrain_scripts/parity.py re-initialises the DeepSpeed engine in-process for each run, so
+megatron-core is imported once per rank. All runs are fp32 on CPU/gloo, tiny VersatileFFN model with
+Gumbel depth sampling active, gradient accumulation 2, clipping 1.0, aux loss on.
+"""
+import json
+import math
+
+import pytest
+
+from pretrain_helpers import REPO, free_port, launch_env, make_workspace, run_ok, torchrun_cmd
+
+# fp32: the same arithmetic up to reduction order; measured differences are <= 2e-7.
+LOSS_ATOL = 2e-6
+
+
+@pytest.fixture(scope="module")
+def parity(tmp_path_factory):
+    root = tmp_path_factory.mktemp("parity")
+    ws = make_workspace(root / "ws")
+    (root / "ws.json").write_text(json.dumps(ws))
+    out = root / "out.json"
+    cmd = torchrun_cmd(2, [str(REPO / "tests" / "pretrain_scripts" / "parity.py"), str(root / "ws.json"), str(out),
+                           str(root / "runs")], port=free_port())
+    run_ok(cmd, root / "log.txt", timeout=420, env=launch_env())
+    return json.loads(out.read_text())
+
+
+def _close(a: dict, b: dict, atol=LOSS_ATOL):
+    assert list(a) == list(b), (list(a), list(b))
+    worst = max(abs(a[k] - b[k]) for k in a)
+    assert worst <= atol, f"max |loss difference| {worst:.3e} > {atol:.0e}\n{a}\n{b}"
+
+
+def test_zero_stages_match_zero0(parity):
+    ref = parity["zero0"]
+    assert len(ref["losses"]) == 10 and all(math.isfinite(v) for v in ref["losses"].values())
+    assert ref["losses"]["10"] < ref["losses"]["1"] - 0.3, "the tiny model should be learning"
+    for stage in (1, 2, 3):
+        _close(parity[f"zero{stage}"]["losses"], ref["losses"])
+        # the gradient norm DeepSpeed reports (TP/DP-aware) equals ours at ZeRO 0
+        _close(parity[f"zero{stage}"]["grad_norms"], ref["grad_norms"], atol=1e-5)
+
+
+def test_tp2_matches_tp1(parity):
+    _close(parity["tp2"]["losses"], parity["tp1"]["losses"])
+    _close(parity["tp2"]["grad_norms"], parity["tp1"]["grad_norms"], atol=1e-5)
+
+
+def test_router_aux_loss_gradient_scaled_like_main_loss(parity):
+    # a 1/accumulation scale mismatch changes these losses by ~3e-5 from step 3 on (measured)
+    _close(parity["aux_dp2"], parity["aux_dp1"], atol=2e-6)
+
+
+def test_nonfinite_loss_stops_naming_step(parity):
+    msg = parity["nan_stop"]
+    assert "non-finite training loss at step 3" in msg and "on_nonfinite=skip" in msg, msg
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_nonfinite_loss_skip_drops_update(parity, stage):
+    r = parity[f"nan_skip{stage}"]
+    assert r["skipped"] == 1
+    losses = r["losses"]
+    assert math.isnan(losses["3"]) and all(math.isfinite(losses[k]) for k in ("1", "2", "4", "5"))
+    if r["unchanged"] is not None:  # ZeRO 0-2: the parameters after the skipped step are those before it
+        assert r["unchanged"] is True
+    # identical continuation at every stage
+    ref = parity["nan_skip0"]["losses"]
+    assert abs(losses["5"] - ref["5"]) <= LOSS_ATOL
