@@ -17,6 +17,7 @@ from __future__ import annotations
 import glob
 import gzip
 import json
+import logging
 import os
 import re
 import zlib
@@ -133,9 +134,13 @@ def discover(inputs: list[str]) -> list[Source]:
     sources, seen = [], set()
     for p in found:
         key = os.path.realpath(p)
-        if key not in seen:
-            seen.add(key)
-            sources.append(_source(p))
+        if key in seen:
+            # Reading a file twice is almost always an overlapping glob, not intended upsampling
+            # (weights belong in the blend).
+            logging.getLogger("vffn_data").warning("note: %s is given more than once; reading it once", p)
+            continue
+        seen.add(key)
+        sources.append(_source(p))
     if not sources:
         raise InputError(f"no input files found in {inputs}; supported: {', '.join(SUFFIXES)} and "
                          "datasets.save_to_disk directories")

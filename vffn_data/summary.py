@@ -84,8 +84,10 @@ class Progress:
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
-                            desc="preprocess", file=sys.stderr, dynamic_ncols=True)
+            # No tqdm rate: it would be on-disk (compressed) bytes; the postfix has the real rates.
+            self.bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="preprocess", file=sys.stderr,
+                            dynamic_ncols=True,
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
 
     def _postfix(self) -> str:
         r = self.stats.rates()
