@@ -110,7 +110,7 @@ def test_bf16_export_and_tokenizer(megatron_tp1, tmp_path):
     tok = _tokenizer(tok_dir, text, 200)
 
     out = _export(mg, "vffn", tmp_path / "hf", dtype="bf16", tokenizer=tok_dir)
-    hf_tok = AutoTokenizer.from_pretrained(out)
+    hf_tok = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
     for line in text[:2] + ["unseen words: zebra quixotic 42"]:
         assert hf_tok(line, add_special_tokens=False)["input_ids"] == tok.encode(line, add_special_tokens=False).ids
     cfg = json.loads((out / "config.json").read_text())

@@ -102,6 +102,7 @@ def copy_tokenizer(path: Union[str, os.PathLike], out_dir: Union[str, os.PathLik
             if (src_dir / name).is_file():
                 shutil.copy2(src_dir / name, out / name)
                 copied.append(out / name)
+        _complete_tokenizer_config(out)
         return copied
     models = [src] if src.is_file() and src.suffix == ".model" else sorted(src_dir.glob("*.model"))
     if len(models) != 1:
@@ -109,6 +110,25 @@ def copy_tokenizer(path: Union[str, os.PathLike], out_dir: Union[str, os.PathLik
     from vffn_data.tokenizer_train import export_hf
 
     return [Path(p) for p in export_hf(models[0], out)]
+
+
+def _complete_tokenizer_config(out: Path) -> None:
+    """Name the tokenizer class (and the special tokens the trainer resolved) in tokenizer_config.json.
+
+    Without ``tokenizer_class`` AutoTokenizer falls back to the model config, which for a VersatileFFN folder
+    means custom code: it would ask for trust_remote_code just to read a tokenizer.json."""
+    from vffn_data.tokenizer import load_tokenizer
+
+    f = out / "tokenizer_config.json"
+    cfg = json.loads(f.read_text()) if f.is_file() else {}
+    if "tokenizer_class" in cfg and f.is_file():
+        return
+    cfg.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
+    tok = load_tokenizer(out / "tokenizer.json")
+    for key, tid in (("eos_token", tok.eod), ("bos_token", tok.bos), ("pad_token", tok.pad)):
+        if tid is not None and key not in cfg:
+            cfg[key] = tok.tok.id_to_token(tid)
+    f.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
 
 
 # ----------------------------------------------------------------------------------------- weights

@@ -28,6 +28,56 @@ def megatron_greedy(model, prompt: torch.Tensor, new_tokens: int, logits_fn=mega
 
 @torch.no_grad()
 def hf_greedy(model, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
-    """``generate()`` greedy with the KV cache, exactly ``new_tokens`` tokens (EOS does not stop it)."""
-    return model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
-                          min_new_tokens=new_tokens, do_sample=False, use_cache=True, pad_token_id=0)
+    """``generate()`` greedy with the KV cache, exactly ``new_tokens`` tokens. EOS is neither a stop nor
+    suppressed (``min_new_tokens`` would mask its logit), so the result compares with a plain argmax loop."""
+    import copy
+
+    saved = model.generation_config
+    cfg = copy.deepcopy(saved)
+    cfg.eos_token_id = None  # generate() fills unset values from model.generation_config: swap it for the call
+    cfg.pad_token_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
+    model.generation_config = cfg
+    try:
+        out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
+                             do_sample=False, use_cache=True)
+    finally:
+        model.generation_config = saved
+    if out.shape[1] != prompt.shape[1] + new_tokens:
+        raise RuntimeError(f"generate() returned {out.shape[1] - prompt.shape[1]} new tokens, not {new_tokens}")
+    return out
+
+
+def build_megatron_from_arch(arch, vffn_fields: dict | None = None):
+    """A TP=1 megatron GPTModel of architecture ``arch`` in this process (single-process group), eval mode."""
+    import dataclasses
+
+    from vffn_megatron import GPTConfig, VersatileFFNConfig, build_gpt_model, init_megatron
+
+    init_megatron(1)
+    names = {f.name for f in dataclasses.fields(GPTConfig)}
+    gpt = GPTConfig(**{k: v for k, v in arch.__dict__.items() if k in names})
+    vffn = None
+    if arch.vffn is not None:
+        known = {f.name for f in dataclasses.fields(VersatileFFNConfig)}
+        vffn = VersatileFFNConfig(**{k: v for k, v in {**(vffn_fields or {}), **arch.vffn}.items() if k in known})
+    return build_gpt_model(gpt, vffn, tensor_parallel_size=1).eval()
+
+
+@torch.no_grad()
+def verify_export(megatron_sd: dict, arch, hf_dir, vffn_fields: dict | None = None, tokens: torch.Tensor | None = None,
+                  new_tokens: int = 16) -> dict:
+    """Megatron (TP=1, eval, fp32) vs the exported folder loaded with transformers (fp32): max abs logit diff and
+    whether greedy decoding agrees. Needs megatron-core (imports it) but no launcher."""
+    from transformers import AutoModelForCausalLM
+
+    from .convert import load_into_megatron
+
+    mg = build_megatron_from_arch(arch, vffn_fields)
+    load_into_megatron(mg, megatron_sd)
+    hf = AutoModelForCausalLM.from_pretrained(hf_dir, trust_remote_code=True, dtype=torch.float32).eval()
+    if tokens is None:
+        tokens = torch.randint(0, arch.vocab_size, (2, min(arch.seq_length, 64)), generator=torch.Generator().manual_seed(0))
+    diff = (hf(tokens).logits.float() - megatron_logits(mg, tokens)).abs().max().item()
+    prompt = tokens[:, :8]
+    same = torch.equal(megatron_greedy(mg, prompt, new_tokens), hf_greedy(hf, prompt, new_tokens))
+    return {"max_abs_logit_diff": diff, "greedy_equal": same, "greedy_tokens": new_tokens}
