@@ -134,7 +134,7 @@ def test_interrupt_never_leaves_a_complete_pair(tmp_path, tok_dir, sig):
     keeps the old pair; even SIGKILL only leaves clearly temporary names, never a new-looking pair."""
     src = tmp_path / "big.jsonl"
     with open(src, "w") as f:
-        for _ in range(12):  # ~80 MB of text: long enough to interrupt
+        for _ in range(6):  # ~40 MB of text: long enough to interrupt after the first MB is written
             for t in bundled_docs():
                 f.write(json.dumps({"text": t}) + "\n")
     prefix = tmp_path / "o"
