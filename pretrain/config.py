@@ -207,9 +207,11 @@ def _field_types(cls) -> dict:
     return typing.get_type_hints(cls)
 
 
-def _did_you_mean(key: str, options) -> str:
+def _did_you_mean(key: str, options, prefix: str = "") -> str:
     close = difflib.get_close_matches(key, list(options), n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(options))}"
+    if close:
+        return f"; did you mean '{prefix}{close[0]}'?"
+    return f"; valid keys{' of ' + prefix[:-1] if prefix else ''}: {', '.join(sorted(options))}"
 
 
 def _type_name(tp) -> str:
@@ -273,7 +275,7 @@ def _build(cls, data: Any, prefix: str):
     for k, v in data.items():
         full = f"{prefix}.{k}" if prefix else str(k)
         if k not in names:
-            raise ConfigError(f"unknown config key '{full}'{_did_you_mean(str(k), names)}")
+            raise ConfigError(f"unknown config key '{full}'{_did_you_mean(str(k), names, prefix + '.' if prefix else '')}")
         kwargs[k] = _convert(v, types[k], full)
     missing = [f.name for f in dataclasses.fields(cls)
                if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
@@ -310,7 +312,7 @@ def _apply_override(tree: dict, parts: list[str], value: Any, cls=RunConfig) -> 
             raise ConfigError(f"override {'.'.join(parts)}: '{'.'.join(path[:-1])}' is not a section")
         types = _field_types(tp)
         if p not in types:
-            raise ConfigError(f"unknown config key '{full}'{_did_you_mean(p, types)}")
+            raise ConfigError(f"unknown config key '{full}'{_did_you_mean(p, types, '.'.join(path[:-1]) + '.' if i else '')}")
         if i == len(parts) - 1:
             node[p] = value
         else:
@@ -358,9 +360,6 @@ def validate(cfg: RunConfig, world_size: Optional[int] = None) -> None:
     _need(cfg.parallel.timeout_minutes >= 1, "parallel.timeout_minutes must be >= 1")
     m = cfg.model
     _need(m.make_vocab_size_divisible_by >= 1, "model.make_vocab_size_divisible_by must be >= 1")
-    if m.vocab_size is not None:
-        _need(m.vocab_size % tp == 0, f"model.vocab_size ({m.vocab_size}) must be divisible by "
-              f"parallel.tensor_model_parallel_size ({tp}); or set model.vocab_size: null to pad the tokenizer's")
     # megatron/VersatileFFN architecture checks (heads, query groups, ffn size vs TP; RoPE head dim)
     gpt = m.gpt()
     if gpt.vocab_size is None:
@@ -372,6 +371,9 @@ def validate(cfg: RunConfig, world_size: Optional[int] = None) -> None:
             cfg.vffn.validate(ffn_hidden_size=gpt.ffn_hidden_size, tensor_parallel_size=tp)
     except VFFNConfigError as e:
         raise ConfigError(str(e)) from None
+    if m.vocab_size is not None:
+        _need(m.vocab_size % tp == 0, f"model.vocab_size ({m.vocab_size}) must be divisible by "
+              f"parallel.tensor_model_parallel_size ({tp}); or set model.vocab_size: null to pad the tokenizer's")
     o = cfg.optimizer
     for k in ("lr", "min_lr", "weight_decay", "eps", "grad_clip"):
         v = getattr(o, k)

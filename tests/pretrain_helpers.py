@@ -137,20 +137,40 @@ class Proc:
             self.kill()
             raise AssertionError(f"timed out after {timeout}s:\n{self.output()[-6000:]}")
 
-    def signal(self, sig: int, group: bool = False) -> None:
-        if group:
-            os.killpg(self.p.pid, sig)
-        else:
+    def tree(self) -> list:
+        """The launcher and all its descendants (torchrun starts workers in their own sessions, so
+        killing the process group alone would orphan them)."""
+        import psutil
+
+        try:
+            root = psutil.Process(self.p.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def signal(self, sig: int, tree: bool = False) -> None:
+        """``sig`` to the launcher only (it forwards to the workers), or to every process of the tree."""
+        if not tree:
             self.p.send_signal(sig)
+            return
+        import psutil
+
+        for proc in self.tree():
+            try:
+                proc.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
 
     def kill(self) -> None:
-        if self.p.poll() is None:
+        if self.p.poll() is None or self.tree()[1:]:
+            self.signal(signal.SIGKILL, tree=True)
             try:
                 os.killpg(self.p.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            self.p.wait()
-        self._log.close()
+        self.p.wait()
+        if not self._log.closed:
+            self._log.close()
 
     def __enter__(self):
         return self

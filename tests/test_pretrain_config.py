@@ -1,0 +1,166 @@
+"""Acceptance 6: bad configs fail before training (before any process group) with a clear message.
+
+In-process: pretrain.config / pretrain.checks are pure Python + file reads. One CLI run checks the exit
+code and that nothing was started.
+"""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pretrain_helpers import REPO, launch_env, make_dataset, make_tokenizer, run_overrides
+
+TINY = str(REPO / "configs" / "tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cfg_ws")
+    tok = make_tokenizer(root / "tokenizer", 200)
+    good = make_dataset(root / "good_text_document", 200, docs=20)
+    bad = make_dataset(root / "bad_text_document", 200, docs=20, max_id=700)  # ids up to 700 > vocab 200
+    return {"tokenizer": str(tok), "datasets": [str(good)], "bad": str(bad), "root": root}
+
+
+def load(ws, *overrides, path=TINY):
+    from pretrain.config import load_config
+
+    return load_config(path, run_overrides(ws, ws["root"] / "out") + list(overrides))
+
+
+def error_of(fn, *args, **kw) -> str:
+    from pretrain.config import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        fn(*args, **kw)
+    return str(e.value)
+
+
+def test_valid_config_and_overrides(ws):
+    cfg = load(ws, "vffn.max_depth=4", "optimizer.lr=1e-3", "model.arch=dense", "parallel.zero_stage=2")
+    assert cfg.vffn.max_depth == 4 and cfg.optimizer.lr == 1e-3 and cfg.parallel.zero_stage == 2
+    assert cfg.vffn_or_none is None and cfg.to_dict()["vffn"] is None  # dense: the vffn section is ignored
+    from pretrain.checks import preflight
+
+    tok, vocab = preflight(cfg)
+    assert vocab == 256 and tok.vocab_size == 200
+
+
+def test_resolved_config_round_trips(ws, tmp_path):
+    from pretrain.config import load_config
+
+    cfg = load(ws, "vffn.top_k=1")
+    saved = tmp_path / "config.yaml"
+    saved.write_text(cfg.to_yaml())
+    assert load_config(str(saved)) == cfg
+
+
+def test_base_preset_chain(ws, tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text(f"base: {TINY}\nmodel: {{num_layers: 3}}\n")
+    cfg = load(ws, path=str(child))
+    assert cfg.model.num_layers == 3 and cfg.model.hidden_size == 64  # the rest comes from tiny.yaml
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("model.hiden_size=32", "unknown config key 'model.hiden_size'; did you mean 'model.hidden_size'?"),
+    ("vffn.max_dept=2", "did you mean 'vffn.max_depth'?"),
+    ("optimiser.lr=1", "unknown config key 'optimiser'; did you mean 'optimizer'?"),
+])
+def test_unknown_key(ws, override, expected):
+    assert expected in error_of(load, ws, override)
+
+
+def test_unknown_key_in_yaml_file(ws, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"base: {TINY}\nschedule: {{train_step: 5}}\n")
+    msg = error_of(load, ws, path=str(bad))
+    assert "unknown config key 'schedule.train_step'; did you mean 'schedule.train_steps'?" in msg
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("model.num_layers=two", "model.num_layers must be integer, got 'two'"),
+    ("schedule.train_steps=1.5", "schedule.train_steps must be integer, got 1.5"),
+    ("vffn.recompute=3", "vffn.recompute must be true/false, got 3"),
+    ("optimizer.lr=fast", "optimizer.lr must be number, got 'fast'"),
+    ("checkpoint.keep_last=[1]", "checkpoint.keep_last must be integer"),
+])
+def test_wrong_type(ws, override, expected):
+    assert expected in error_of(load, ws, override)
+
+
+def test_bad_choice(ws):
+    assert "precision must be one of bf16, fp32; got 'fp16'" in error_of(load, ws, "precision=fp16")
+
+
+def test_tp_must_divide_heads(ws):
+    msg = error_of(load, ws, "parallel.tensor_model_parallel_size=3")
+    assert "num_attention_heads (4) must be divisible by the tensor-parallel size (3)" in msg
+
+
+def test_tp_must_divide_sub_experts(ws):
+    msg = error_of(load, ws, "parallel.tensor_model_parallel_size=2", "vffn.num_experts=3")
+    assert "vffn.num_experts (3) must be divisible by the tensor-parallel size (2)" in msg
+
+
+def test_dense_model_does_not_need_vffn_divisibility(ws):
+    load(ws, "parallel.tensor_model_parallel_size=2", "vffn.num_experts=3", "model.arch=dense")
+
+
+def test_world_size_vs_batch_and_tp(ws):
+    from pretrain.config import validate
+
+    cfg = load(ws, "schedule.global_batch_size=6", "schedule.micro_batch_size=2")
+    msg = error_of(validate, cfg, world_size=4)
+    assert "global_batch_size (6) must be a multiple of schedule.micro_batch_size (2) x data-parallel size (4" in msg
+    cfg = load(ws, "parallel.tensor_model_parallel_size=2")
+    assert "must be a multiple of parallel.tensor_model_parallel_size (2)" in error_of(validate, cfg, world_size=3)
+
+
+def test_missing_data_path(ws):
+    from pretrain.checks import preflight
+
+    cfg = load(ws, "data.datasets=[{path: /nonexistent/corpus_text_document}]")
+    msg = error_of(preflight, cfg)
+    assert "/nonexistent/corpus_text_document.bin" in msg and "not found" in msg and "preprocess_data.py" in msg
+
+
+def test_missing_tokenizer(ws):
+    from pretrain.checks import preflight
+
+    msg = error_of(preflight, load(ws, "data.tokenizer=/nonexistent/tok"))
+    assert "data.tokenizer: /nonexistent/tok does not exist" in msg and "train_tokenizer.py" in msg
+
+
+def test_tokenizer_vocab_smaller_than_data_ids(ws):
+    from pretrain.checks import preflight
+
+    cfg = load(ws, f"data.datasets=[{{path: {ws['bad']}}}]")
+    msg = error_of(preflight, cfg)
+    assert "contains token id 700" in msg and "has only 200 tokens" in msg and "--tokenizer-model" in msg
+
+
+def test_model_vocab_smaller_than_tokenizer(ws):
+    from pretrain.checks import preflight
+
+    msg = error_of(preflight, load(ws, "model.vocab_size=128"))
+    assert "model.vocab_size (128) is smaller than the tokenizer's vocabulary (200" in msg
+
+
+def test_resume_path_must_exist(ws):
+    from pretrain.checkpoint import resolve_resume
+
+    msg = error_of(resolve_resume, load(ws, "checkpoint.resume=/nonexistent/ckpt"))
+    assert "checkpoint.resume: /nonexistent/ckpt is neither" in msg
+
+
+def test_cli_fails_before_any_process_group(ws, tmp_path):
+    out = tmp_path / "never"
+    over = run_overrides(ws, out) + ["data.datasets=[{path: /nonexistent/x_text_document}]"]
+    p = subprocess.run([sys.executable, "-m", "pretrain", "--config", TINY, *over], cwd=REPO, env=launch_env(),
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "config error: data.datasets[0].path: /nonexistent/x_text_document.bin" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert not out.exists()  # nothing was started or written
