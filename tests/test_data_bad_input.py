@@ -162,3 +162,12 @@ def test_interrupt_never_leaves_a_complete_pair(tmp_path, tok_dir, sig):
         assert all(".tmp-" in f for f in leftovers(tmp_path))
     # the previous complete pair is untouched
     assert [(tmp_path / f"o_text_document.{e}").read_bytes() for e in ("bin", "idx")] == old_bytes
+
+
+def test_bom_and_crlf_are_not_errors(tmp_path, tok_dir, capsys):
+    src = tmp_path / "win.jsonl"
+    src.write_bytes(b"\xef\xbb\xbf" + b"".join(json.dumps(g).encode() + b"\r\n" for g in GOOD))
+    assert run("--input", src, "--tokenizer-model", tok_dir, "--output-prefix", tmp_path / "o", "--strict") == 0
+    tok = load_tokenizer(tok_dir)
+    ds = IndexedDataset(str(tmp_path / "o_text_document"))
+    assert [ds[i].tolist() for i in range(len(ds))] == [tok.encode(g["text"]) for g in GOOD]

@@ -28,29 +28,34 @@ def build_repeated_corpus(path: Path, megabytes: float) -> int:
 
 
 def run_measured(cmd: list[str], interval: float = 0.02) -> dict:
-    """Run ``cmd``; poll the summed RSS of it and all its descendants. Returns rc, wall seconds and
-    peak bytes. Summing RSS counts shared library pages once per process, so it is an upper bound."""
+    """Run ``cmd``; poll the memory of it and all its descendants. Returns rc, wall seconds, and the
+    peaks of the summed PSS and the summed RSS. PSS (proportional set size) splits shared pages among
+    the processes sharing them, so a just-forked child (spawn forks, then execs) or shared libraries
+    are not counted twice; summed RSS is an upper bound that does double count them."""
     import psutil
 
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     parent = psutil.Process(proc.pid)
-    peak = peak_procs = 0
+    peak_pss = peak_rss = peak_procs = 0
     while proc.poll() is None:
-        total, procs = 0, 0
+        pss = rss = procs = 0
         try:
             tree = [parent] + parent.children(recursive=True)
         except psutil.NoSuchProcess:
             break
         for p in tree:
             try:
-                total += p.memory_info().rss
-                procs += 1
-            except psutil.NoSuchProcess:
-                pass
-        if total > peak:
-            peak, peak_procs = total, procs
+                info = p.memory_full_info()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            pss += getattr(info, "pss", info.rss)
+            rss += info.rss
+            procs += 1
+        if pss > peak_pss:
+            peak_pss, peak_procs = pss, procs
+        peak_rss = max(peak_rss, rss)
         time.sleep(interval)
     out, err = proc.communicate()
-    return {"rc": proc.returncode, "wall_s": time.monotonic() - start, "peak_rss": peak,
+    return {"rc": proc.returncode, "wall_s": time.monotonic() - start, "peak_pss": peak_pss, "peak_rss": peak_rss,
             "processes_at_peak": peak_procs, "stdout": out, "stderr": err}

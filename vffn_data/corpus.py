@@ -43,6 +43,7 @@ REASONS = {
     "unreadable": "the file could not be read by the Parquet/Arrow reader; check it with pyarrow",
 }
 FILE_LEVEL = {"truncated_gzip", "corrupt_gzip", "unreadable"}
+_BOM = b"\xef\xbb\xbf"
 
 
 class InputError(ValueError):
@@ -203,6 +204,8 @@ def _read_lines(index: int, src: Source, batch_bytes: int) -> Iterator[Batch]:
         try:
             for line in stream:
                 lineno += 1
+                if lineno == 1 and line.startswith(_BOM):
+                    line = line[len(_BOM):]  # Windows tools write one; it is not part of the first record
                 if lineno == 1 and line.lstrip()[:1] == b"[":
                     raise InputError(
                         f"{src.path}:1: this is a JSON array; JSON inputs must be JSON Lines (one object per line, "
@@ -241,6 +244,8 @@ def _read_txt(index: int, src: Source, batch_bytes: int, mode: str) -> Iterator[
             if mode == "document":
                 # One file is one document (a book, an article): it has to be held whole.
                 data = stream.read()
+                if data.startswith(_BOM):
+                    data = data[len(_BOM):]
                 if data.strip():
                     items, locs, nbytes = [data], [1], len(data)
                 else:
@@ -248,6 +253,8 @@ def _read_txt(index: int, src: Source, batch_bytes: int, mode: str) -> Iterator[
             else:
                 for line in stream:
                     lineno += 1
+                    if lineno == 1 and line.startswith(_BOM):
+                        line = line[len(_BOM):]
                     blank = not line.strip()
                     if mode == "line":
                         if not blank:
