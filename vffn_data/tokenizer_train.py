@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
+HF_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 # sentencepiece piece types (sentencepiece_model.proto)
 _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
 
@@ -56,8 +57,13 @@ def iter_sentences(texts: Iterable[str], max_bytes: int) -> Iterator[str]:
             yield line
 
 
-def train_sentencepiece(texts: Iterable[str], output_dir: str | os.PathLike, opts: TrainerOptions) -> Path:
-    """Train on ``texts`` (documents); write ``output_dir/tokenizer.model`` (+ ``.vocab``) atomically."""
+def train_sentencepiece(texts: Iterable[str], output_dir: str | os.PathLike, opts: TrainerOptions,
+                        before_commit=None) -> Path:
+    """Train on ``texts`` (documents); write ``output_dir/tokenizer.model`` (+ ``.vocab``) atomically.
+
+    ``before_commit(tmp_dir)`` may add files next to the fresh model (the HF export) or raise to
+    discard everything; all files are then moved into ``output_dir``, ``tokenizer.model`` last, so a
+    present tokenizer.model means a complete directory."""
     import sentencepiece as spm
 
     out = Path(output_dir)
@@ -95,8 +101,11 @@ def train_sentencepiece(texts: Iterable[str], output_dir: str | os.PathLike, opt
             max_sentence_length=opts.max_sentence_length, num_threads=opts.num_threads,
             hard_vocab_limit=True, minloglevel=0 if opts.verbose else 2,
         )
-        for suffix in (".vocab", ".model"):  # .model last: its presence marks a finished run
-            os.replace(os.path.join(tmp_prefix, "tokenizer" + suffix), out / ("tokenizer" + suffix))
+        if before_commit is not None:
+            before_commit(Path(tmp_prefix))
+        names = sorted(os.listdir(tmp_prefix), key=lambda n: n == "tokenizer.model")  # .model last
+        for name in names:
+            os.replace(os.path.join(tmp_prefix, name), out / name)
     finally:
         for name in os.listdir(tmp_prefix):
             os.unlink(os.path.join(tmp_prefix, name))
