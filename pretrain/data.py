@@ -11,6 +11,7 @@ import os
 from typing import Iterator, Optional
 
 import torch
+import torch.distributed as dist
 
 from .config import RunConfig
 
@@ -68,7 +69,14 @@ def build_datasets(cfg: RunConfig, tokenizer, world_size: int):
     os.makedirs(cfg.data_cache_dir, exist_ok=True)
     builder = BlendedMegatronDatasetBuilder(GPTDataset, [train_samples, valid_samples, 0],
                                             lambda: True, dataset_config(cfg, tokenizer))
-    train, valid, _ = builder.build()
+    try:
+        train, valid, _ = builder.build()
+    except FileNotFoundError as e:
+        if dist.is_initialized() and dist.get_rank() != 0 and cfg.data_cache_dir in str(e):
+            raise RuntimeError(f"rank {dist.get_rank()} cannot read the dataset index cache rank 0 wrote in "
+                               f"{cfg.data_cache_dir}: data.cache_dir (default <output_dir>/data_cache) must be "
+                               f"on a filesystem every node sees") from e
+        raise
     if train is None or len(train) < train_samples:
         raise RuntimeError(f"the training split has {0 if train is None else len(train)} samples, fewer than the "
                            f"{train_samples} needed (schedule.train_steps x global_batch_size)")

@@ -76,7 +76,7 @@ def run_overrides(ws: dict, output_dir: Path, **extra) -> list[str]:
     base = {
         "output_dir": str(output_dir), "precision": "fp32",
         "data.tokenizer": ws["tokenizer"], "data.datasets": datasets, "data.split": "90,10,0",
-        "model.vocab_size": 256, "schedule.train_steps": 10, "schedule.warmup_steps": 3,
+        "model.vocab_size": 256, "model.seq_length": 64, "schedule.train_steps": 10, "schedule.warmup_steps": 3,
         "schedule.micro_batch_size": 2, "schedule.global_batch_size": 8, "schedule.eval_interval": 0,
         "checkpoint.interval": 0, "checkpoint.save_at_end": False, "logging.log_interval": 1,
         "logging.progress": "line", "logging.tensorboard": False,

@@ -1,0 +1,113 @@
+"""The whole flow on the bundled corpus, CPU-friendly: ``python -m pretrain.quickstart`` (``make quickstart``).
+
+1. train a 4096-piece tokenizer        -> runs/quickstart/tokenizer/
+2. preprocess the corpus               -> runs/quickstart/data/corpus_text_document.{bin,idx}
+3. pretrain configs/tiny.yaml (VersatileFFN) with 2 processes under torchrun (DP=2 ZeRO-1, or --tp 2)
+                                        -> runs/quickstart/{checkpoints,tensorboard,metrics.jsonl,config.yaml}
+
+Finished steps are not redone: existing tokenizer/data are reused and pretraining resumes from its
+latest checkpoint (an interrupted quickstart continues). ``--fresh`` (or ``make clean``) starts over.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _run(cmd: list[str], env: dict | None = None) -> None:
+    print("$ " + " ".join(cmd), flush=True)
+    proc = subprocess.run(cmd, cwd=REPO, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"quickstart: step failed (exit {proc.returncode}): {' '.join(cmd[:6])} ...")
+
+
+def _free_port() -> int:
+    import socket
+
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port != 29500:  # DeepSpeed's default; other jobs may hold it
+            return port
+
+
+def tokenizer_step(out: Path, corpus: Path, vocab_size: int) -> Path:
+    tok = out / "tokenizer"
+    if (tok / "tokenizer.model").is_file():
+        print(f"[1/3] tokenizer: reusing {tok}")
+        return tok
+    print("[1/3] training the tokenizer", flush=True)
+    _run([sys.executable, "tools/train_tokenizer.py", "--input", str(corpus), "--output-dir", str(tok),
+          "--vocab-size", str(vocab_size)])
+    return tok
+
+
+def preprocess_step(out: Path, corpus: Path, tok: Path, workers: int) -> Path:
+    prefix = out / "data" / "corpus"
+    data = Path(f"{prefix}_text_document")
+    if Path(f"{data}.bin").is_file() and Path(f"{data}.idx").is_file():
+        print(f"[2/3] data: reusing {data}.bin/.idx")
+        return data
+    print("[2/3] preprocessing the corpus", flush=True)
+    _run([sys.executable, "tools/preprocess_data.py", "--input", str(corpus), "--tokenizer-model", str(tok),
+          "--output-prefix", str(prefix), "--append-eod", "--workers", str(workers)])
+    return data
+
+
+def pretrain_step(out: Path, tok: Path, data: Path, nproc: int, tp: int, overrides: list[str]) -> None:
+    print(f"[3/3] pretraining configs/tiny.yaml on {nproc} processes (TP={tp}, DP={nproc // tp})", flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    import torch
+
+    if not torch.cuda.is_available():
+        env["DS_ACCELERATOR"] = "cpu"
+    _run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
+          "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
+          "-m", "pretrain", "--config", "configs/tiny.yaml", f"output_dir={out}", f"data.tokenizer={tok}",
+          f"data.datasets=[{{path: {data}}}]", f"parallel.tensor_model_parallel_size={tp}", *overrides], env=env)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pretrain.quickstart", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="runs/quickstart", help="output directory (default: runs/quickstart)")
+    p.add_argument("--nproc", type=int, default=2, help="training processes (default 2)")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel size (default 1: data parallel; 2: TP=2)")
+    p.add_argument("--vocab-size", type=int, default=4096)
+    p.add_argument("--fresh", action="store_true", help="delete the output directory first")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="passed to python -m pretrain")
+    args = p.parse_args(argv)
+
+    from vffn_data.bundled import corpus_path
+
+    out = (REPO / args.out).resolve() if not os.path.isabs(args.out) else Path(args.out)
+    if args.fresh and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    corpus = corpus_path()
+    tok = tokenizer_step(out, corpus, args.vocab_size)
+    data = preprocess_step(out, corpus, tok, workers=2)
+    t1 = time.time()
+    pretrain_step(out, tok, data, args.nproc, args.tp, args.overrides)
+    t2 = time.time()
+    # Later steps of the flow (e.g. the Hugging Face export of the final checkpoint) go here, reading
+    # out / "checkpoints" (DeepSpeed layout, `latest` names the newest complete checkpoint).
+
+    print(f"\nquickstart done in {t2 - t0:.0f} s (data {t1 - t0:.0f} s, pretraining {t2 - t1:.0f} s)")
+    print(f"  checkpoints : {out / 'checkpoints'} (latest: {(out / 'checkpoints' / 'latest').read_text().strip()})")
+    print(f"  TensorBoard : tensorboard --logdir {out / 'tensorboard'}")
+    print(f"  metrics     : {out / 'metrics.jsonl'};  resolved config: {out / 'config.yaml'}")
+    print("  start over  : make clean  (or python -m pretrain.quickstart --fresh)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
