@@ -94,6 +94,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: temporary files removed, no output written.", file=sys.stderr)
         return 130
+    except OSError as e:  # e.g. an output directory that is not writable, a full disk
+        print(f"error: {e}\nno output written.", file=sys.stderr)
+        return 1
     stats.report(outputs)
     return 0
 

@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from .corpus import FILE_LEVEL, REASONS, InputError, discover, iter_batches
+from .corpus import REASONS, InputError, discover, iter_batches
 from .summary import Progress, Stats
 from .tokenizer import load_tokenizer, resolve_tokenizer_file
 from .worker import BatchProcessor, Result, init_worker, process
@@ -127,4 +127,4 @@ def preprocess(cfg: PreprocessConfig) -> tuple[Stats, list[str]]:
     return stats, outputs
 
 
-__all__ = ["PreprocessConfig", "preprocess", "StrictModeError", "NoDocumentsError", "InputError", "FILE_LEVEL"]
+__all__ = ["PreprocessConfig", "preprocess", "StrictModeError", "NoDocumentsError", "InputError"]

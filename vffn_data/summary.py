@@ -1,6 +1,7 @@
 """Counting what preprocessing did, showing progress, and printing the final summary."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections import Counter, defaultdict
@@ -70,7 +71,7 @@ class Stats:
         if self.blank:
             lines.append(f"  blank lines ignored {self.blank:,}")
         for path in outputs:
-            lines.append(f"  wrote              {path}")
+            lines.append(f"  wrote              {path} ({os.path.getsize(path) / 1e6:,.2f} MB)")
         print("\n".join(lines), file=out or sys.stdout, flush=True)
 
 
