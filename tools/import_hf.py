@@ -36,8 +36,17 @@ def _relaunch(nproc: int) -> int:
     """Re-run this script under torchrun with ``nproc`` local processes (gloo on CPU, NCCL on GPUs)."""
     from vffn_megatron.runtime import free_port
 
+    # --nproc is not forwarded: torchrun's parser would take it for an abbreviation of its own --nproc-per-node
+    argv, skip = [], False
+    for a in sys.argv[1:]:
+        if skip or a.startswith("--nproc="):
+            skip = False
+            continue
+        skip = a == "--nproc"
+        if not skip:
+            argv.append(a)
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
-           "--master_addr=127.0.0.1", f"--master_port={free_port()}", os.path.abspath(__file__), *sys.argv[1:]]
+           "--master_addr=127.0.0.1", f"--master_port={free_port()}", os.path.abspath(__file__), *argv]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
     return subprocess.call(cmd, env=env)
 

@@ -1,0 +1,177 @@
+"""Read the trainer's checkpoints (pretrain/checkpoint.py layout) into one full megatron state dict.
+
+Layout: ``<dir>/step_XXXXXXXX/`` holds DeepSpeed's files plus the resolved run config (``config.yaml``) and
+``layout.json``; ``<dir>/latest`` names the newest complete step. Per tensor-parallel rank r:
+
+* ZeRO 0: the weights are ``mp_rank_{r:02d}_model_states.pt["module"]``;
+* ZeRO 1-3: the fp32 master weights live in the optimizer partitions; DeepSpeed's ``zero_to_fp32`` gathers
+  them. It globs every ``*_model_states.pt`` / ``*_optim_states.pt`` of a directory, i.e. it knows nothing
+  about TP ranks, so it is pointed at a scratch directory holding links to one TP rank's files only.
+
+The TP shards are then merged (:func:`vffn_hf.convert.merge_tp_shards`). No megatron import: exporting needs
+no process group.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Dict, Optional, Tuple, Union
+
+import torch
+import yaml
+
+from .convert import Arch, ConversionError, StateDict, merge_tp_shards
+
+_STEP_RE = re.compile(r"^step_(\d+)$")
+_MP_RE = re.compile(r"mp_rank_(\d+)_model_states\.pt$")
+SUPPORTED_ARCHS = ("vffn", "dense")
+
+
+class CheckpointError(ValueError):
+    """The checkpoint path or files are unusable; the message says what to fix."""
+
+
+def _steps(d: Path) -> list:
+    return sorted(int(m.group(1)) for m in (_STEP_RE.match(p.name) for p in d.iterdir() if p.is_dir()) if m)
+
+
+def resolve_step_dir(path: Union[str, os.PathLike], step: Optional[int] = None) -> Path:
+    """The step directory named by a run directory, a checkpoint directory (with ``latest``) or a step directory."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint {p} does not exist")
+    if not p.is_dir():
+        raise CheckpointError(f"checkpoint {p} is not a directory (pass the run's checkpoints/ directory or a "
+                              f"step_XXXXXXXX directory in it)")
+    if _STEP_RE.match(p.name) and (p / "config.yaml").is_file():
+        if step is not None and int(_STEP_RE.match(p.name).group(1)) != step:
+            raise CheckpointError(f"{p} is the checkpoint of step {int(_STEP_RE.match(p.name).group(1))}, "
+                                  f"not --step {step}; pass its parent directory to choose a step")
+        return p
+    if not (p / "latest").is_file() and not _steps(p) and (p / "checkpoints").is_dir():
+        p = p / "checkpoints"  # a run's output_dir
+    steps = _steps(p)
+    if step is not None:
+        d = p / f"step_{step:08d}"
+        if not d.is_dir():
+            raise CheckpointError(f"no checkpoint of step {step} in {p}; available steps: {steps or 'none'}")
+        return d
+    if (p / "latest").is_file():
+        tag = (p / "latest").read_text().strip()
+        if not (p / tag).is_dir():
+            raise CheckpointError(f"{p / 'latest'} names {tag}, which does not exist")
+        return p / tag
+    if steps:
+        raise CheckpointError(f"{p} has no 'latest' file (an interrupted save?); choose one of the steps "
+                              f"{steps} with --step")
+    raise CheckpointError(f"{p} holds no trainer checkpoint (no 'latest' file and no step_XXXXXXXX directories)")
+
+
+def read_run_config(step_dir: Path) -> dict:
+    """The resolved run config saved with the checkpoint (config.yaml)."""
+    f = step_dir / "config.yaml"
+    if not f.is_file():
+        raise CheckpointError(f"{step_dir} has no config.yaml: not written by this project's trainer (or the save "
+                              f"was interrupted); cannot tell the architecture")
+    with open(f) as fh:
+        cfg = yaml.safe_load(fh)
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
+        raise CheckpointError(f"{f} has no 'model' section")
+    arch = cfg["model"].get("arch", "vffn")
+    if arch not in SUPPORTED_ARCHS:
+        raise CheckpointError(f"model.arch {arch!r} cannot be exported to Hugging Face: supported are "
+                              f"{', '.join(SUPPORTED_ARCHS)} (the baselines' FFNs have no HF counterpart here)")
+    if arch == "vffn" and not isinstance(cfg.get("vffn"), dict):
+        raise CheckpointError(f"{f}: model.arch is vffn but the vffn section is missing")
+    return cfg
+
+
+def tp_ranks(step_dir: Path) -> list:
+    ranks = sorted({int(m.group(1)) for m in (_MP_RE.search(p.name) for p in step_dir.iterdir()) if m})
+    if not ranks:
+        raise CheckpointError(f"{step_dir} holds no DeepSpeed *mp_rank_XX_model_states.pt files")
+    if ranks != list(range(len(ranks))):
+        raise CheckpointError(f"{step_dir}: tensor-parallel ranks {ranks} are incomplete (missing files?)")
+    return ranks
+
+
+def _zero_stage(step_dir: Path, cfg: dict) -> int:
+    stage = (cfg.get("parallel") or {}).get("zero_stage")
+    if stage is None:
+        raise CheckpointError(f"{step_dir}/config.yaml has no parallel.zero_stage")
+    return int(stage)
+
+
+def load_tp_rank(step_dir: Path, rank: int, zero_stage: int) -> StateDict:
+    """One TP rank's (fp32 where available) parameters, as that rank's megatron state dict."""
+    if zero_stage == 0:
+        f = step_dir / f"mp_rank_{rank:02d}_model_states.pt"
+        if not f.is_file():
+            raise CheckpointError(f"{f} is missing")
+        return dict(torch.load(f, map_location="cpu", weights_only=False)["module"])
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    pattern = f"mp_rank_{rank:02d}_"
+    files = [p for p in step_dir.iterdir() if pattern in p.name and p.name.endswith(("_model_states.pt",
+                                                                                       "_optim_states.pt"))]
+    if not any(p.name.endswith("_optim_states.pt") for p in files):
+        raise CheckpointError(f"{step_dir}: no ZeRO optimizer files for TP rank {rank} (ZeRO stage {zero_stage} "
+                              f"keeps the fp32 weights there)")
+    with tempfile.TemporaryDirectory(prefix="vffn_zero_") as tmp:
+        tag_dir = Path(tmp) / step_dir.name
+        tag_dir.mkdir()
+        for p in files:
+            os.symlink(p.resolve(), tag_dir / p.name)
+        log = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(log):  # zero_to_fp32 prints progress; keep it for errors only
+                sd = get_fp32_state_dict_from_zero_checkpoint(tmp, tag=step_dir.name)
+        except Exception as e:
+            raise CheckpointError(f"DeepSpeed could not consolidate the ZeRO-{zero_stage} checkpoint {step_dir} "
+                                  f"(TP rank {rank}): {type(e).__name__}: {e}\n{log.getvalue()[-2000:]}") from e
+    return dict(sd)
+
+
+def load_checkpoint(path: Union[str, os.PathLike], step: Optional[int] = None) -> Tuple[Path, dict, Arch, StateDict]:
+    """(step directory, run config, Arch, full fp32 megatron state dict) of a trainer checkpoint."""
+    step_dir = resolve_step_dir(path, step)
+    cfg = read_run_config(step_dir)
+    stage = _zero_stage(step_dir, cfg)
+    ranks = tp_ranks(step_dir)
+    configured_tp = (cfg.get("parallel") or {}).get("tensor_model_parallel_size", len(ranks))
+    if configured_tp != len(ranks):
+        raise CheckpointError(f"{step_dir}: config says TP={configured_tp} but the files are for {len(ranks)} rank(s)")
+    shards = [load_tp_rank(step_dir, r, stage) for r in ranks]
+    try:
+        sd = merge_tp_shards(shards)
+    except ConversionError as e:
+        raise CheckpointError(f"{step_dir}: {e}") from e
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+    emb = sd.get("embedding.word_embeddings.weight")
+    if emb is None:
+        raise CheckpointError(f"{step_dir}: no embedding.word_embeddings.weight in the checkpoint")
+    vffn = cfg.get("vffn") if cfg["model"].get("arch", "vffn") == "vffn" else None
+    # vocab_size may be null in the config (derived from the tokenizer): the embedding says what was built
+    arch = Arch.from_megatron(cfg["model"], vffn, vocab_size=emb.shape[0])
+    return step_dir, cfg, arch, sd
+
+
+def tokenizer_path(cfg: dict) -> Optional[Path]:
+    """The training tokenizer named by the run config (relative paths: to the working directory, as the trainer
+    resolved them), or None when it cannot be found."""
+    tok = (cfg.get("data") or {}).get("tokenizer")
+    if not tok:
+        return None
+    p = Path(tok)
+    return p if p.exists() else None
+
+
+def summary(step_dir: Path, cfg: dict, arch: Arch) -> Dict[str, object]:
+    par = cfg.get("parallel") or {}
+    return {"step_dir": str(step_dir), "arch": cfg["model"].get("arch", "vffn"), "layers": arch.num_layers,
+            "hidden": arch.hidden_size, "vocab": arch.vocab_size, "tp": par.get("tensor_model_parallel_size"),
+            "zero_stage": par.get("zero_stage"), "precision": cfg.get("precision")}

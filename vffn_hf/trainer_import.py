@@ -1,0 +1,92 @@
+"""A Hugging Face Llama folder -> a step-0 trainer checkpoint (any TP degree, any ZeRO stage) to continue from.
+
+Dense -> VersatileFFN is *upcycling*: attention, embeddings and norms carry over, the dense FFN becomes the shared
+FFN and its post-attention norm the block's own norm; the router and depth predictor keep the trainer's fresh
+initialisation (the run seed). Dense -> dense and VersatileFFN -> VersatileFFN copy everything.
+
+The checkpoint is written by the trainer's own engine and Checkpointer (same files, config.yaml, layout.json,
+``latest``), so ``python -m pretrain --config <same config>`` resumes it at step 0. DeepSpeed checkpoints only
+resume in the layout they were written in: run the import with the process count of the training run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from .convert import Arch, ConversionError, hf_to_megatron, load_into_megatron, router_keys, split_tp
+
+# Architecture fields that must agree between the HF model and the run config (vocab is checked separately).
+_ARCH_FIELDS = {"num_layers": "model.num_layers", "hidden_size": "model.hidden_size",
+                "num_attention_heads": "model.num_attention_heads", "groups": "model.num_query_groups",
+                "ffn_hidden_size": "model.ffn_hidden_size", "rotary_base": "model.rotary_base",
+                "norm_epsilon": "model.norm_epsilon",
+                "untie_embeddings_and_output_weights": "model.untie_embeddings_and_output_weights"}
+
+
+def check_compatible(hf: Arch, run: Arch, run_arch: str) -> None:
+    """The run config must describe the HF model's architecture; the error lists the overrides that would."""
+    fixes = []
+    for attr, key in _ARCH_FIELDS.items():
+        a, b = getattr(hf, attr), getattr(run, attr)
+        same = abs(float(a) - float(b)) <= 1e-12 * max(1.0, abs(float(a))) if isinstance(a, float) or \
+            isinstance(b, float) else a == b
+        if not same:
+            value = str(a).lower() if isinstance(a, bool) else a
+            fixes.append(f"{key}={value}")
+    if hf.vocab_size != run.vocab_size:
+        fixes.append(f"model.vocab_size={hf.vocab_size}")
+    if fixes:
+        raise ConversionError("the run config does not describe the HF model; add these overrides (and check the "
+                              "tokenizer is the model's): " + " ".join(fixes))
+    if hf.vffn is not None and run_arch != "vffn":
+        raise ConversionError("the HF model is a VersatileFFN model but the run config has model.arch="
+                              f"{run_arch}; use model.arch=vffn")
+    if hf.vffn is not None and run.vffn is not None:
+        diff = {k: (hf.vffn[k], run.vffn[k]) for k in hf.vffn if hf.vffn[k] != run.vffn[k]}
+        if diff:
+            raise ConversionError("VersatileFFN hyper-parameters differ from the HF model's: "
+                                  + " ".join(f"vffn.{k}={a}" for k, (a, _) in diff.items()))
+
+
+def import_hf(hf_dir: str, cfg, force: bool = False, log=print) -> str:
+    """Collective (call on every rank of the launched group). Returns the written step directory."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+
+    from pretrain.checkpoint import Checkpointer, read_latest
+    from pretrain.checks import load_tokenizer, resolve_vocab_size
+    from pretrain.data import data_signature
+    from pretrain.engine import build_engine
+    from pretrain.train import build_model, setup_parallel
+
+    from .hf_io import read_hf_folder
+
+    if read_latest(cfg.checkpoint_dir) is not None and not force:
+        raise ConversionError(f"{cfg.checkpoint_dir} already holds a checkpoint ({read_latest(cfg.checkpoint_dir)}); "
+                              f"importing would start that run over. Choose another output_dir / checkpoint.dir, "
+                              f"or pass --force")
+    _, hf_arch, hf_sd = read_hf_folder(hf_dir)
+    vocab = resolve_vocab_size(cfg, load_tokenizer(cfg.data.tokenizer).vocab_size)
+    run_vffn = dataclasses.asdict(cfg.vffn) if cfg.is_vffn else None
+    run_arch = Arch.from_megatron(cfg.model, run_vffn, vocab_size=vocab)
+    check_compatible(hf_arch, run_arch, cfg.model.arch)
+    upcycle = cfg.is_vffn and hf_arch.vffn is None
+    full = hf_to_megatron(hf_sd, hf_arch, target_vffn=run_arch.vffn if upcycle else None)
+    del hf_sd
+
+    world = setup_parallel(cfg)
+    tp = cfg.parallel.tensor_model_parallel_size
+    model = build_model(cfg, vocab)
+    shard = split_tp(full, tp)[ps.get_tensor_model_parallel_rank()]
+    del full
+    load_into_megatron(model, shard, keep=tuple(router_keys(cfg.model.num_layers)) if upcycle else ())
+    engine = build_engine(cfg, model, world)
+    state = {"step": 0, "consumed_samples": 0, "skipped_steps": 0, "data_signature": data_signature(cfg),
+             "config": cfg.to_dict(), "imported_from": os.path.abspath(hf_dir),
+             "upcycled": upcycle}
+    path = Checkpointer(cfg, world).save(engine, 0, state)
+    if dist.get_rank() == 0:
+        what = "upcycled dense -> VersatileFFN (fresh routers)" if upcycle else "copied"
+        log(f"imported {hf_dir} ({what}) into {path} (TP={tp}, ZeRO {cfg.parallel.zero_stage}, "
+            f"{world} process(es)); continue training with the same config: it resumes at step 0")
+    return path
+
