@@ -24,6 +24,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="override any config value (YAML syntax: 1e-3, true, null, [1,2])")
     p.add_argument("--check", action="store_true", help="validate config, data and tokenizer, then exit")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--print-deepspeed-config", action="store_true",
+                   help="print the DeepSpeed JSON generated for this config and WORLD_SIZE (default 1), and exit")
     return p
 
 
@@ -50,6 +52,13 @@ def main(argv: list[str] | None = None) -> int:
             _say(cfg.to_yaml())
             return 0
         validate(cfg, world_size=world)
+        if args.print_deepspeed_config:
+            import json
+
+            from .engine import ds_config
+
+            _say(json.dumps(ds_config(cfg, world), indent=2))
+            return 0
         resume = resolve_resume(cfg)
         if resume is not None:
             check_layout(resume, cfg, world)

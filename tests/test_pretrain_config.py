@@ -72,6 +72,21 @@ def test_unknown_key(ws, override, expected):
     assert expected in error_of(load, ws, override)
 
 
+@pytest.mark.parametrize("name, world", [("tiny", 2), ("tiny_dense", 2), ("paper_1b", 8), ("large_multinode", 32)])
+def test_presets_are_valid(name, world):
+    from pretrain.config import load_config, validate
+    from pretrain.engine import ds_config
+
+    cfg = load_config(str(REPO / "configs" / f"{name}.yaml"))
+    validate(cfg, world_size=world)
+    ds = ds_config(cfg, world)
+    assert ds["gradient_clipping"] == cfg.optimizer.grad_clip and ds["optimizer"]["params"]["torch_adam"] is True
+    if name == "paper_1b":
+        m, v = cfg.model, cfg.vffn
+        assert (m.hidden_size, m.num_attention_heads, m.num_layers, m.seq_length) == (1024, 16, 15, 4096)
+        assert (v.num_experts, v.top_k, v.max_depth) == (8, 2, 4) and cfg.precision == "bf16"
+
+
 def test_unknown_key_in_yaml_file(ws, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"base: {TINY}\nschedule: {{train_step: 5}}\n")

@@ -11,6 +11,7 @@ The uninterrupted single-node run (DP=2, ZeRO-1, 30 steps, checkpoint every 3) i
 import json
 import re
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -125,11 +126,15 @@ def test_resume_after_sigterm_matches(ws, reference, tmp_path):
 
 
 def test_two_node_launch_matches_single_node(ws, reference, tmp_path):
+    """Two nodes simulated on localhost with launch/torchrun.sh (static rendezvous at MASTER_ADDR:PORT)."""
     out = tmp_path / "two_node"
-    args = _args(ws, out)
+    args = _args(ws, out)[2:]  # launch/torchrun.sh adds `-m pretrain`
     port = free_port()
-    nodes = [Proc(torchrun_cmd(1, args, port=port, nnodes=2, node_rank=r, rdzv_id="vffn-two-node"),
-                  tmp_path / f"node{r}.txt", launch_env()) for r in (0, 1)]
+    nodes = []
+    for rank in (0, 1):
+        env = launch_env(NNODES="2", NODE_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                         NPROC_PER_NODE="1", PYTHON=sys.executable)
+        nodes.append(Proc(["bash", str(REPO / "launch" / "torchrun.sh"), *args], tmp_path / f"node{rank}.txt", env))
     try:
         codes = [n.wait(TIMEOUT) for n in nodes]
         assert codes == [0, 0], "\n".join(n.output()[-4000:] for n in nodes)
@@ -138,3 +143,12 @@ def test_two_node_launch_matches_single_node(ws, reference, tmp_path):
             n.kill()
     _assert_same(read_losses(out), read_losses(reference), range(1, STEPS + 1))
     assert json.loads((out / "checkpoints" / "step_00000030" / "layout.json").read_text())["data_parallel_size"] == 2
+
+
+@pytest.mark.slow
+def test_deepspeed_launcher_matches_torchrun(ws, reference, tmp_path):
+    out = tmp_path / "deepspeed_launcher"
+    args = _args(ws, out)[2:]  # launch/deepspeed.sh adds the module
+    env = launch_env(NUM_GPUS="2", PYTHON=sys.executable)
+    run_ok(["bash", str(REPO / "launch" / "deepspeed.sh"), *args], tmp_path / "log.txt", TIMEOUT, env)
+    _assert_same(read_losses(out), read_losses(reference), range(1, STEPS + 1))
