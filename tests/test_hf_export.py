@@ -128,3 +128,29 @@ def test_bf16_export_and_tokenizer(megatron_tp1, tmp_path):
     diff = (_load(out, dtype=torch.float32)(tokens).logits - ref).abs().max().item()
     # bf16 weights (8 mantissa bits): close, not equal; the exact check is the fp32 export
     assert diff < 0.05 * ref.abs().max().item(), diff
+
+
+def test_tied_embeddings_round_trip(megatron_tp1, tmp_path):
+    """untie_embeddings_and_output_weights=False: HF ties lm_head to the embedding; import reproduces the model."""
+    from transformers import AutoModelForCausalLM
+
+    from vffn_hf.convert import Arch, hf_to_megatron, load_into_megatron, megatron_to_hf
+    from vffn_hf.export import save_hf_folder
+    from vffn_hf.parity import megatron_logits
+    from vffn_megatron import build_gpt_model, init_megatron
+
+    cfg = gpt_config()
+    cfg.untie_embeddings_and_output_weights = False
+    init_megatron(1, 3)
+    mg = build_gpt_model(cfg, vffn_config()).eval()
+    arch = Arch.from_megatron(cfg, vffn_config())
+    out = save_hf_folder(tmp_path / "hf", megatron_to_hf(mg.state_dict(), arch), arch)
+    hf = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    assert hf.config.tie_word_embeddings and hf.lm_head.weight.data_ptr() == hf.model.embed_tokens.weight.data_ptr()
+    tokens = batch()
+    ref = megatron_logits(mg, tokens)
+    with torch.no_grad():
+        assert (hf(tokens).logits - ref).abs().max().item() <= TOL
+    back = build_gpt_model(cfg, vffn_config()).eval()
+    load_into_megatron(back, hf_to_megatron(hf.state_dict(), Arch.from_hf_config(hf.config)))
+    assert torch.equal(megatron_logits(back, tokens), ref)

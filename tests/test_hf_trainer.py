@@ -95,7 +95,8 @@ def exports(runs, ws):
     tool, out = load_tool("export_hf"), {}
     for name, (step_dir, _) in runs.items():
         out[name] = ws["root"] / f"hf_{name}"
-        extra = ["--verify"] if name == "vffn_tp1_zero1" else []  # the tool's own check, once
+        # the tool's own parity check and the transformers-only greedy sample (the quickstart's last step), once
+        extra = ["--verify", "--sample", "To be, or not to be", "--sample-tokens", "8"] if name == "vffn_tp1_zero1" else []
         assert tool.main(["--checkpoint", str(step_dir.parent), "--output", str(out[name]), *extra]) == 0
     return out
 
