@@ -7,6 +7,8 @@ initialisation (the run seed). Dense -> dense and VersatileFFN -> VersatileFFN c
 The checkpoint is written by the trainer's own engine and Checkpointer (same files, config.yaml, layout.json,
 ``latest``), so ``python -m pretrain --config <same config>`` resumes it at step 0. DeepSpeed checkpoints only
 resume in the layout they were written in: run the import with the process count of the training run.
+With ``precision: bf16`` the weights enter as the model's bf16 parameters, from which DeepSpeed builds its fp32
+master copy: an fp32 HF model is rounded to bf16 once (fp32 runs keep it bit for bit).
 """
 from __future__ import annotations
 
