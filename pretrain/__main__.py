@@ -35,13 +35,25 @@ def _say(msg: str, err: bool = False) -> None:
         print(msg, file=sys.stderr if err else sys.stdout, flush=True)
 
 
+def quiet_library_warnings() -> None:
+    """Known, harmless import-time warnings of the pinned libraries (no Apex / Transformer Engine on
+    purpose; deprecations inside megatron-core) would otherwise bury the progress line."""
+    import warnings
+
+    for msg in (r".*(Apex|Transformer Engine).* not installed", r"full scope is deprecated",
+                r"`torch\.distributed\.all_gather_into_tensor` is deprecated",
+                r"`torch\.distributed\.reduce_scatter_tensor` is deprecated"):
+        warnings.filterwarnings("ignore", message=msg)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    quiet_library_warnings()
     import torch
 
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed's CPU accelerator, without its probe warning
-    from .checkpoint import check_layout, resolve_resume
+    from .checkpoint import check_layout, check_same_model, resolve_resume
     from .checks import preflight
     from .config import ConfigError, load_config, validate
 
@@ -62,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         resume = resolve_resume(cfg)
         if resume is not None:
             check_layout(resume, cfg, world)
+            check_same_model(resume, cfg)
         tokenizer, vocab = preflight(cfg)
     except ConfigError as e:
         _say(f"config error: {e}", err=True)

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from .config import ConfigError, RunConfig
 
 LATEST = "latest"
+ARCH_VFFN_KEYS = ("num_experts", "top_k", "max_depth")
 _TAG_RE = re.compile(r"^step_(\d+)$")
 
 
@@ -103,6 +104,29 @@ def check_layout(point: ResumePoint, cfg: RunConfig, world_size: int) -> None:
             f"checkpoint {point.path} was written with a different parallel layout ({what}). Resume with the "
             f"original layout, or convert it: python -m deepspeed.checkpoint.ds_to_universal --input_folder "
             f"{point.path} --output_folder <dir> --inject_missing_state (data-parallel size changes only)")
+
+
+def check_same_model(point: ResumePoint, cfg: RunConfig) -> None:
+    """Resuming into a different architecture would fail deep inside DeepSpeed: compare the saved config."""
+    path = os.path.join(point.path, "config.yaml")
+    if not os.path.isfile(path):
+        return
+    import yaml
+
+    with open(path) as f:
+        saved = yaml.safe_load(f) or {}
+    now = cfg.to_dict()
+    diff = []
+    for section in ("model", "vffn"):
+        a, b = saved.get(section) or {}, now.get(section) or {}
+        if (a == {}) != (b == {}):
+            diff.append(f"{section}: {'null' if not a else 'set'} -> {'null' if not b else 'set'}")
+            continue
+        keys = sorted(set(a) | set(b)) if section == "model" else ARCH_VFFN_KEYS  # tau / aux coeff may change
+        diff += [f"{section}.{k} {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+    if diff:
+        raise ConfigError(f"checkpoint {point.path} holds a different model ({'; '.join(diff)}). Use another "
+                          f"output_dir / checkpoint.dir, or checkpoint.resume=none to start from scratch")
 
 
 def layout(cfg: RunConfig, world_size: int) -> dict:

@@ -8,7 +8,7 @@ its r-th slice of mbs samples. All TP ranks of a DP rank read the same samples. 
 from __future__ import annotations
 
 import os
-from typing import Iterator, Optional
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -98,7 +98,7 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def data_signature(cfg: RunConfig, world_size: Optional[int] = None) -> dict:
+def data_signature(cfg: RunConfig) -> dict:
     """What ``consumed_samples`` is relative to; compared on resume."""
     return {
         "datasets": [[os.path.abspath(e.path), e.weight] for e in cfg.data.datasets],

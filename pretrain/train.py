@@ -120,9 +120,37 @@ def evaluate(engine, valid_ds, cfg: RunConfig, dp_rank: int, dp_size: int) -> fl
     return float(num[0] / num[1].clamp_min(1))
 
 
+def _forward_backward(engine, batches, gas: int, device) -> torch.Tensor:
+    """One step's micro-batches: forward, backward (DeepSpeed scales by 1/gas); returns the sum of the
+    micro-batch mean losses. The boundary ``engine.step()`` is left to the caller."""
+    local = torch.zeros((), dtype=torch.float64, device=device)
+    for micro in range(gas):
+        batch = to_device(next(batches), device)
+        loss_sum, count = _micro_loss(engine, batch)
+        loss = loss_sum / count.clamp_min(1)
+        engine.backward(loss)
+        local += loss.detach().double()
+        if micro < gas - 1:
+            engine.step()  # inside the accumulation window DeepSpeed only counts the micro-step
+    return local
+
+
+def _agree(local: torch.Tensor, gas: int, world: int, stop_received) -> tuple[float, int, bool]:
+    """One collective per step: (mean loss over the global batch, ranks with a non-finite loss, any rank
+    asked to stop). TP ranks hold equal values, so the world mean is the data-parallel mean."""
+    finite = bool(torch.isfinite(local))
+    flags = torch.tensor([local.item() / gas if finite else 0.0, 0.0 if finite else 1.0,
+                          1.0 if stop_received else 0.0], dtype=torch.float64, device=local.device)
+    dist.all_reduce(flags)
+    return float(flags[0]) / world, int(flags[1]), bool(flags[2] > 0)
+
+
 def train(cfg: RunConfig, tokenizer, vocab_size: int, resume: Optional[ckpt.ResumePoint] = None,
-          model_hook: Optional[Callable] = None, destroy_engine: bool = True) -> RunResult:
-    """Run (or continue) the configured training; the process group is set up here if needed."""
+          model_hook: Optional[Callable] = None) -> RunResult:
+    """Run (or continue) the configured training; the process group is set up here if needed.
+
+    ``model_hook(model)`` is called on the megatron model before DeepSpeed wraps it (tests use it to
+    inject faults)."""
     from megatron.core import parallel_state as ps
     from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler, clear_aux_losses_tracker
     from vffn_megatron import set_vffn_step
@@ -186,36 +214,23 @@ def train(cfg: RunConfig, tokenizer, vocab_size: int, resume: Optional[ckpt.Resu
         while step < s.train_steps:
             t0 = time.perf_counter()
             set_vffn_step(engine.module, step, cfg.seed)
-            local = torch.zeros((), dtype=torch.float64, device=device)
-            for micro in range(gas):
-                batch = to_device(next(batches), device)
-                loss_sum, count = _micro_loss(engine, batch)
-                loss = loss_sum / count.clamp_min(1)
-                engine.backward(loss)
-                local += loss.detach().double()
-                if micro < gas - 1:
-                    engine.step()  # accumulation: DeepSpeed only counts the micro-step here
-            # one collective per step: mean loss, any non-finite rank, any rank asked to stop
-            finite = bool(torch.isfinite(local))
-            flags = torch.tensor([local.item() / gas if finite else 0.0, 0.0 if finite else 1.0,
-                                  1.0 if (stop and stop.received) else 0.0], dtype=torch.float64, device=device)
-            dist.all_reduce(flags)
-            mean_loss = float(flags[0]) / world  # TP ranks hold the same value: the world mean is the DP mean
-            if flags[1] > 0:
+            local = _forward_backward(engine, batches, gas, device)
+            mean_loss, nonfinite, stop_requested = _agree(local, gas, world, stop is not None and stop.received)
+            if nonfinite:
                 if cfg.on_nonfinite == "stop":
                     raise NonFiniteLossError(
-                        f"non-finite training loss at step {step + 1} (on {int(flags[1])} of {world} ranks); the "
+                        f"non-finite training loss at step {step + 1} (on {nonfinite} of {world} ranks); the "
                         f"update was not applied. Lower optimizer.lr, check the data, resume from the last "
                         f"checkpoint, or set on_nonfinite=skip to drop such steps")
                 mean_loss = float("nan")
             grad_norm = _tp_grad_norm(engine.module) if isinstance(engine.optimizer, torch.optim.Optimizer) else None
             lr = engine.get_lr()[0]  # the rate this update uses
-            with _DroppedUpdate(engine, active=flags[1] > 0):
+            with _DroppedUpdate(engine, active=nonfinite > 0):
                 engine.step()  # accumulation boundary: reduce, clip, update, LR schedule
             if grad_norm is None:
                 grad_norm = engine.get_global_grad_norm()
                 grad_norm = float(grad_norm) if grad_norm is not None else None
-            if flags[1] > 0:
+            if nonfinite:
                 result.skipped_steps += 1
                 metrics.info(f"WARNING: non-finite loss at step {step + 1}: update skipped "
                              f"({result.skipped_steps} skipped so far)")
@@ -240,7 +255,7 @@ def train(cfg: RunConfig, tokenizer, vocab_size: int, resume: Optional[ckpt.Resu
                 metrics.valid(step, result.valid_losses[step])
             if cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0:
                 save()
-            if flags[2] > 0:
+            if stop_requested:
                 metrics.info(f"stop signal received: saving at step {step} and exiting")
                 if last_saved != step:
                     save()
@@ -253,7 +268,7 @@ def train(cfg: RunConfig, tokenizer, vocab_size: int, resume: Optional[ckpt.Resu
         if stop:
             stop.uninstall()
         metrics.close()
-        if destroy_engine and hasattr(engine, "destroy"):
+        if hasattr(engine, "destroy"):
             engine.destroy()
     result.final_step = step
     result.tokens_per_sec = tokens_per_step * timed_steps / timed_secs if timed_secs > 0 else 0.0

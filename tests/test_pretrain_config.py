@@ -179,3 +179,16 @@ def test_cli_fails_before_any_process_group(ws, tmp_path):
     assert "config error: data.datasets[0].path: /nonexistent/x_text_document.bin" in p.stderr
     assert "Traceback" not in p.stderr
     assert not out.exists()  # nothing was started or written
+
+
+def test_resume_into_a_different_model_is_refused(ws, tmp_path):
+    from pretrain.checkpoint import ResumePoint, check_same_model
+
+    saved = load(ws)
+    step = tmp_path / "ckpt" / "step_00000010"
+    step.mkdir(parents=True)
+    (step / "config.yaml").write_text(saved.to_yaml())
+    point = ResumePoint(str(tmp_path / "ckpt"), "step_00000010")
+    check_same_model(point, load(ws, "vffn.tau_start=2.0", "optimizer.lr=1e-2"))  # hyper-parameters may change
+    msg = error_of(check_same_model, point, load(ws, "model.hidden_size=128", "vffn.max_depth=2"))
+    assert "model.hidden_size 64 -> 128" in msg and "vffn.max_depth 3 -> 2" in msg and "checkpoint.resume=none" in msg
