@@ -42,7 +42,7 @@ def main(argv=None) -> int:
         if r["rc"]:
             print(r["stderr"], file=sys.stderr)
             return 1
-        print(f"tokenizer: trained in {r['wall_s']:.1f} s (peak {r['peak_pss'] / 2**20:.0f} MiB)")
+        print(f"tokenizer: trained in {r['wall_s']:.1f} s (peak RSS {r['peak_rss'] / 2**20:.0f} MiB)")
     results = []
     for mb in args.sizes_mb:
         src = work / f"corpus-{mb:g}MB.jsonl"
@@ -60,12 +60,11 @@ def main(argv=None) -> int:
             row = {"input_mb": round(os.path.getsize(src) / 1e6, 1), "documents": n, "workers": w,
                    "seconds": s["seconds"], "wall_seconds": round(r["wall_s"], 2), "mb_per_s": s["mb_per_s"],
                    "tokens_per_s": round(s["tokens_per_s"]), "tokens": s["tokens"],
-                   "peak_pss_mib": round(r["peak_pss"] / 2**20, 1), "peak_rss_sum_mib": round(r["peak_rss"] / 2**20, 1),
-                   "processes": r["processes_at_peak"]}
+                   "peak_rss_mib": round(r["peak_rss"] / 2**20, 1), "processes": r["processes_at_peak"]}
             results.append(row)
             print(f"{row['input_mb']:>7.1f} MB  workers={w}  {row['seconds']:>6.1f} s  {row['mb_per_s']:>6.2f} MB/s  "
-                  f"{row['tokens_per_s']:>10,} tokens/s  peak memory of all {row['processes']} processes: "
-                  f"PSS {row['peak_pss_mib']:,.0f} MiB (summed RSS {row['peak_rss_sum_mib']:,.0f} MiB)  "
+                  f"{row['tokens_per_s']:>10,} tokens/s  peak RSS of all {row['processes']} processes "
+                  f"{row['peak_rss_mib']:,.0f} MiB  "
                   f"[wall incl. startup {row['wall_seconds']:.1f} s]", flush=True)
             for f in work.glob(f"out-{mb:g}-{w}_*"):
                 f.unlink()
@@ -75,9 +74,9 @@ def main(argv=None) -> int:
     for w in args.workers:
         rows = sorted((r for r in results if r["workers"] == w), key=lambda r: r["input_mb"])
         small, large = rows[0], rows[-1]
-        ratio = large["peak_pss_mib"] / small["peak_pss_mib"]
+        ratio = large["peak_rss_mib"] / small["peak_rss_mib"]
         ok &= ratio <= args.max_ratio
-        print(f"workers={w}: peak memory (PSS) {hi:g} MB input / {lo:g} MB input = {ratio:.2f}x "
+        print(f"workers={w}: peak memory {hi:g} MB input / {lo:g} MB input = {ratio:.2f}x "
               f"({'ok' if ratio <= args.max_ratio else 'TOO HIGH'}, limit {args.max_ratio}x)")
     by_w = {r["workers"]: r for r in results if r["input_mb"] == max(x["input_mb"] for x in results)}
     if len(by_w) > 1:

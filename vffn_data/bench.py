@@ -28,34 +28,38 @@ def build_repeated_corpus(path: Path, megabytes: float) -> int:
 
 
 def run_measured(cmd: list[str], interval: float = 0.02) -> dict:
-    """Run ``cmd``; poll the memory of it and all its descendants. Returns rc, wall seconds, and the
-    peaks of the summed PSS and the summed RSS. PSS (proportional set size) splits shared pages among
-    the processes sharing them, so a just-forked child (spawn forks, then execs) or shared libraries
-    are not counted twice; summed RSS is an upper bound that does double count them."""
+    """Run ``cmd``; poll the summed RSS of it and all its descendants. Returns rc, wall seconds, the
+    peak and the number of processes at the peak.
+
+    Why RSS and how: PSS would split library pages with *other* programs on the machine using the same
+    torch libraries, so it drifts with whatever else runs. Summed RSS counts each process's shared
+    libraries in full (an upper bound), and a child caught between fork and exec (spawn starts workers
+    that way) still maps all of its parent's pages; such children, recognisable by the parent's
+    command line, are skipped because those pages are the parent's, not new memory."""
     import psutil
 
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     parent = psutil.Process(proc.pid)
-    peak_pss = peak_rss = peak_procs = 0
+    peak = peak_procs = 0
     while proc.poll() is None:
-        pss = rss = procs = 0
+        total = procs = 0
         try:
             tree = [parent] + parent.children(recursive=True)
+            parent_cmd = parent.cmdline()
         except psutil.NoSuchProcess:
             break
-        for p in tree:
+        for i, p in enumerate(tree):
             try:
-                info = p.memory_full_info()
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                if i and p.cmdline() == parent_cmd:
+                    continue
+                total += p.memory_info().rss
+                procs += 1
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
-            pss += getattr(info, "pss", info.rss)
-            rss += info.rss
-            procs += 1
-        if pss > peak_pss:
-            peak_pss, peak_procs = pss, procs
-        peak_rss = max(peak_rss, rss)
+        if total > peak:
+            peak, peak_procs = total, procs
         time.sleep(interval)
     out, err = proc.communicate()
-    return {"rc": proc.returncode, "wall_s": time.monotonic() - start, "peak_pss": peak_pss, "peak_rss": peak_rss,
+    return {"rc": proc.returncode, "wall_s": time.monotonic() - start, "peak_rss": peak,
             "processes_at_peak": peak_procs, "stdout": out, "stderr": err}
