@@ -69,3 +69,18 @@ def test_nonfinite_loss_skip_drops_update(parity, stage):
     # identical continuation at every stage
     ref = parity["nan_skip0"]["losses"]
     assert abs(losses["5"] - ref["5"]) <= LOSS_ATOL
+
+
+@pytest.mark.slow
+def test_bf16_tracks_fp32(tmp_path):
+    """bf16 (GPU presets) at ZeRO 1-3 and TP=2 stays within bf16 rounding of fp32 over 10 steps."""
+    ws = make_workspace(tmp_path / "ws")
+    (tmp_path / "ws.json").write_text(json.dumps(ws))
+    out = tmp_path / "out.json"
+    cmd = torchrun_cmd(2, [str(REPO / "tests" / "pretrain_scripts" / "bf16.py"), str(tmp_path / "ws.json"), str(out),
+                           str(tmp_path / "runs")])
+    run_ok(cmd, tmp_path / "log.txt", timeout=420)
+    res = json.loads(out.read_text())
+    for stage in (1, 2, 3):
+        _close(res[f"bf16_z{stage}"], res["fp32_z1"], atol=2e-2)
+    _close(res["bf16_tp2"], res["fp32_tp2"], atol=2e-2)
