@@ -60,12 +60,13 @@ def main(argv=None) -> int:
             row = {"input_mb": round(os.path.getsize(src) / 1e6, 1), "documents": n, "workers": w,
                    "seconds": s["seconds"], "wall_seconds": round(r["wall_s"], 2), "mb_per_s": s["mb_per_s"],
                    "tokens_per_s": round(s["tokens_per_s"]), "tokens": s["tokens"],
-                   "peak_rss_mib": round(r["peak_rss"] / 2**20, 1), "processes": r["processes_at_peak"]}
+                   "cpu_seconds": round(r["cpu_s"], 1), "peak_rss_mib": round(r["peak_rss"] / 2**20, 1),
+                   "processes": r["processes_at_peak"], "loadavg_1min": round(os.getloadavg()[0], 2)}
             results.append(row)
             print(f"{row['input_mb']:>7.1f} MB  workers={w}  {row['seconds']:>6.1f} s  {row['mb_per_s']:>6.2f} MB/s  "
                   f"{row['tokens_per_s']:>10,} tokens/s  peak RSS of all {row['processes']} processes "
-                  f"{row['peak_rss_mib']:,.0f} MiB  "
-                  f"[wall incl. startup {row['wall_seconds']:.1f} s]", flush=True)
+                  f"{row['peak_rss_mib']:,.0f} MiB  [wall incl. startup {row['wall_seconds']:.1f} s, "
+                  f"CPU {row['cpu_seconds']:.1f} s, load {row['loadavg_1min']:.1f}]", flush=True)
             for f in work.glob(f"out-{mb:g}-{w}_*"):
                 f.unlink()
         src.unlink()
@@ -83,6 +84,9 @@ def main(argv=None) -> int:
         base = by_w[min(by_w)]
         for w, r in sorted(by_w.items()):
             print(f"workers={w}: {r['tokens_per_s'] / base['tokens_per_s']:.2f}x the tokens/s of workers={min(by_w)}")
+    if os.getloadavg()[0] > 0.5 + max(args.workers):
+        print(f"note: the machine was busy (load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores): rates and "
+              "scaling are understated; compare CPU seconds, or rerun on an idle machine")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     if tmp:

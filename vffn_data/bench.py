@@ -38,6 +38,13 @@ def run_measured(cmd: list[str], interval: float = 0.02) -> dict:
     command line, are skipped because those pages are the parent's, not new memory."""
     import psutil
 
+    import resource
+
+    def cpu() -> float:  # CPU seconds of finished descendants: the run and the workers it joined
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    cpu0 = cpu()
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     parent = psutil.Process(proc.pid)
@@ -61,5 +68,5 @@ def run_measured(cmd: list[str], interval: float = 0.02) -> dict:
             peak, peak_procs = total, procs
         time.sleep(interval)
     out, err = proc.communicate()
-    return {"rc": proc.returncode, "wall_s": time.monotonic() - start, "peak_rss": peak,
+    return {"rc": proc.returncode, "wall_s": time.monotonic() - start, "cpu_s": cpu() - cpu0, "peak_rss": peak,
             "processes_at_peak": peak_procs, "stdout": out, "stderr": err}
