@@ -43,18 +43,25 @@ class TrainerOptions:
 
 def iter_sentences(texts: Iterable[str], max_bytes: int) -> Iterator[str]:
     """sentencepiece trains on "sentences": feed non-empty lines. Whole documents would exceed
-    max_sentence_length and be dropped silently; over-long lines are cut at a space for the same reason."""
+    max_sentence_length and be dropped silently; over-long lines are cut (at a space if possible)
+    for the same reason, in pieces of at most max_bytes // 4 characters (<= max_bytes in UTF-8)."""
+    limit = max(max_bytes // 4, 1)
     for text in texts:
         for line in text.split("\n"):
             line = line.rstrip("\r")
             if not line.strip():
                 continue
-            while len(line.encode("utf-8")) > max_bytes:
-                cut = line.rfind(" ", 0, max_bytes // 4) if " " in line[: max_bytes // 4] else max_bytes // 4
-                cut = max(cut, 1)
-                yield line[:cut]
-                line = line[cut:]
-            yield line
+            if len(line) <= limit or len(line.encode("utf-8")) <= max_bytes:
+                yield line
+                continue
+            start = 0  # indices, not repeated slicing: a megabyte-long line stays linear
+            while len(line) - start > limit:
+                cut = line.rfind(" ", start + 1, start + limit)
+                cut = cut if cut > start else start + limit
+                yield line[start:cut]
+                start = cut
+            if line[start:].strip():
+                yield line[start:]
 
 
 def train_sentencepiece(texts: Iterable[str], output_dir: str | os.PathLike, opts: TrainerOptions,
