@@ -42,10 +42,12 @@ def reference(ws, tmp_path_factory):
 
 
 def _assert_same(losses: dict, ref: dict, steps) -> None:
+    """Bit-identical: fp32 on CPU, same layout, the optimizer/LR/data state restored exactly, and the
+    Gumbel noise a pure function of the step (measured: 0.0 difference)."""
     steps = list(steps)
     assert steps, "nothing to compare"
-    diff = {s: abs(losses[s] - ref[s]) for s in steps}
-    assert max(diff.values()) <= 1e-6, f"loss differences after resume: {diff}"
+    diff = {s: losses[s] - ref[s] for s in steps if losses[s] != ref[s]}
+    assert not diff, f"loss differences vs the uninterrupted run: {diff}"
 
 
 def _resumed_step(log: str) -> int:
