@@ -94,15 +94,11 @@ def launch_env(**extra) -> dict:
     return env
 
 
-def torchrun_cmd(nproc: int, args: list[str], port: int | None = None, nnodes: int = 1, node_rank: int = 0,
-                 rdzv_id: str | None = None) -> list[str]:
+def torchrun_cmd(nproc: int, args: list[str], port: int | None = None) -> list[str]:
+    """Single-node torchrun on an explicit free port (multi-node: see test_two_node_launch_matches_single_node)."""
     port = port or free_port()
-    if nnodes == 1:
-        launch = [f"--nproc_per_node={nproc}", "--nnodes=1", "--master_addr=127.0.0.1", f"--master_port={port}"]
-    else:  # c10d rendezvous on localhost, as on a real cluster with MASTER_ADDR = node 0
-        launch = [f"--nproc_per_node={nproc}", f"--nnodes={nnodes}", f"--node_rank={node_rank}",
-                  "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", f"--rdzv_id={rdzv_id or port}"]
-    return [PY, "-m", "torch.distributed.run", *launch, *args]
+    return [PY, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1", "--master_addr=127.0.0.1",
+            f"--master_port={port}", *args]
 
 
 class Proc:

@@ -2,7 +2,8 @@
 
 * acceptance 3: SIGKILL after step k, then resume -> the same losses as an uninterrupted run; SIGTERM
   saves a checkpoint and exits, resume -> the same losses;
-* acceptance 4: two ``torchrun --nnodes 2`` commands on localhost match the single-node run;
+* acceptance 4: two nodes simulated on localhost (launch/torchrun.sh -> torchrun --nnodes 2 --node_rank 0|1)
+  match the single-node run;
 * acceptance 5: the TensorBoard event files hold the listed scalars;
 * checkpoints: latest only after a complete write, keep-last, resolved config saved.
 
