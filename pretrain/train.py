@@ -5,7 +5,6 @@ uses Gumbel temperature tau(step) and the LR multiplier lr_lambda(step), and is 
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass, field

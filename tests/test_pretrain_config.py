@@ -5,7 +5,6 @@ code and that nothing was started.
 """
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
