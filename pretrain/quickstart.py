@@ -4,6 +4,8 @@
 2. preprocess the corpus               -> runs/quickstart/data/corpus_text_document.{bin,idx}
 3. pretrain configs/tiny.yaml (VersatileFFN) with 2 processes under torchrun (DP=2 ZeRO-1, or --tp 2)
                                         -> runs/quickstart/{checkpoints,tensorboard,metrics.jsonl,config.yaml}
+4. export the latest checkpoint to a Hugging Face folder and generate a short greedy sample through
+   transformers                         -> runs/quickstart/hf/
 
 Finished steps are not redone: existing tokenizer/data are reused and pretraining resumes from its
 latest checkpoint (an interrupted quickstart continues). ``--fresh`` (or ``make clean``) starts over.
@@ -42,9 +44,9 @@ def _free_port() -> int:
 def tokenizer_step(out: Path, corpus: Path, vocab_size: int) -> Path:
     tok = out / "tokenizer"
     if (tok / "tokenizer.model").is_file():
-        print(f"[1/3] tokenizer: reusing {tok}")
+        print(f"[1/4] tokenizer: reusing {tok}")
         return tok
-    print("[1/3] training the tokenizer", flush=True)
+    print("[1/4] training the tokenizer", flush=True)
     _run([sys.executable, "tools/train_tokenizer.py", "--input", str(corpus), "--output-dir", str(tok),
           "--vocab-size", str(vocab_size)])
     return tok
@@ -54,16 +56,16 @@ def preprocess_step(out: Path, corpus: Path, tok: Path, workers: int) -> Path:
     prefix = out / "data" / "corpus"
     data = Path(f"{prefix}_text_document")
     if Path(f"{data}.bin").is_file() and Path(f"{data}.idx").is_file():
-        print(f"[2/3] data: reusing {data}.bin/.idx")
+        print(f"[2/4] data: reusing {data}.bin/.idx")
         return data
-    print("[2/3] preprocessing the corpus", flush=True)
+    print("[2/4] preprocessing the corpus", flush=True)
     _run([sys.executable, "tools/preprocess_data.py", "--input", str(corpus), "--tokenizer-model", str(tok),
           "--output-prefix", str(prefix), "--append-eod", "--workers", str(workers)])
     return data
 
 
 def pretrain_step(out: Path, tok: Path, data: Path, nproc: int, tp: int, overrides: list[str]) -> None:
-    print(f"[3/3] pretraining configs/tiny.yaml on {nproc} processes (TP={tp}, DP={nproc // tp})", flush=True)
+    print(f"[3/4] pretraining configs/tiny.yaml on {nproc} processes (TP={tp}, DP={nproc // tp})", flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     import torch
 
@@ -75,6 +77,12 @@ def pretrain_step(out: Path, tok: Path, data: Path, nproc: int, tp: int, overrid
           f"data.datasets=[{{path: {data}}}]", f"parallel.tensor_model_parallel_size={tp}", *overrides], env=env)
 
 
+def export_step(out: Path, sample: str) -> None:
+    print("[4/4] exporting the latest checkpoint to Hugging Face format", flush=True)
+    _run([sys.executable, "tools/export_hf.py", "--checkpoint", str(out / "checkpoints"), "--output",
+          str(out / "hf"), "--overwrite", "--sample", sample])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pretrain.quickstart", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/quickstart", help="output directory (default: runs/quickstart)")
@@ -82,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel size (default 1: data parallel; 2: TP=2)")
     p.add_argument("--vocab-size", type=int, default=4096)
     p.add_argument("--fresh", action="store_true", help="delete the output directory first")
+    p.add_argument("--sample", default="To be, or not to be", help="prompt for the greedy sample after export")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="passed to python -m pretrain")
     args = p.parse_args(argv)
 
@@ -98,13 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     t1 = time.time()
     pretrain_step(out, tok, data, args.nproc, args.tp, args.overrides)
     t2 = time.time()
-    # Later steps of the flow (e.g. the Hugging Face export of the final checkpoint) go here, reading
-    # out / "checkpoints" (DeepSpeed layout, `latest` names the newest complete checkpoint).
+    export_step(out, args.sample)
+    t3 = time.time()
 
-    print(f"\nquickstart done in {t2 - t0:.0f} s (data {t1 - t0:.0f} s, pretraining {t2 - t1:.0f} s)")
+    print(f"\nquickstart done in {t3 - t0:.0f} s (data {t1 - t0:.0f} s, pretraining {t2 - t1:.0f} s, "
+          f"export {t3 - t2:.0f} s)")
     print(f"  checkpoints : {out / 'checkpoints'} (latest: {(out / 'checkpoints' / 'latest').read_text().strip()})")
     print(f"  TensorBoard : tensorboard --logdir {out / 'tensorboard'}")
     print(f"  metrics     : {out / 'metrics.jsonl'};  resolved config: {out / 'config.yaml'}")
+    print(f"  HF model    : {out / 'hf'}  (AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True))")
     print("  start over  : make clean  (or python -m pretrain.quickstart --fresh)")
     return 0
 

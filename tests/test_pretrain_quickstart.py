@@ -18,6 +18,9 @@ def test_quickstart_flow(tmp_path):
     assert (out / "checkpoints" / "latest").read_text().strip() == "step_00000004"
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert "TensorBoard : tensorboard --logdir" in p.stdout and str(out / "checkpoints") in p.stdout
+    # step 4: the HF export loads through transformers alone and generated a sample
+    assert (out / "hf" / "config.json").is_file() and (out / "hf" / "modeling_vffn.py").is_file()
+    assert "HF model    :" in p.stdout
     # a second run reuses tokenizer and data and finds the training finished
     p = subprocess.run(cmd, cwd=REPO, env=launch_env(), capture_output=True, text=True, timeout=300,
                        start_new_session=True)
