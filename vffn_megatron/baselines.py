@@ -8,8 +8,6 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-
 import torch
 from megatron.core.models.backends import LocalSpecProvider
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
@@ -17,35 +15,9 @@ from megatron.core.tensor_parallel import checkpoint as tp_checkpoint
 from megatron.core.transformer.identity_op import IdentityOp
 from megatron.core.transformer.spec_utils import ModuleSpec
 
-from .config import VFFNConfigError
+from .config import KLoopConfig, MoEConfig, VFFNConfigError  # noqa: F401 (re-exported)
 from .shared_ffn import SharedFFNSubmodules, SharedSwiGLU
 from .specs import get_dense_layer_spec
-
-
-@dataclass
-class KLoopConfig:
-    loops: int = 2
-    recompute: bool = False
-
-    def validate(self) -> None:
-        if not isinstance(self.loops, int) or isinstance(self.loops, bool) or self.loops < 1:
-            raise VFFNConfigError(f"invalid k-loop config: kloop.loops must be an integer >= 1, got {self.loops!r}")
-
-
-@dataclass
-class MoEConfig:
-    num_experts: int = 8
-    top_k: int = 2
-    aux_loss_coeff: float = 1e-2
-
-    def validate(self, tensor_parallel_size: int = 1) -> None:
-        if not (isinstance(self.num_experts, int) and self.num_experts >= 1):
-            raise VFFNConfigError(f"invalid MoE config: moe.num_experts must be an integer >= 1, got {self.num_experts!r}")
-        if not (isinstance(self.top_k, int) and 1 <= self.top_k <= self.num_experts):
-            raise VFFNConfigError(f"invalid MoE config: moe.top_k must satisfy 1 <= top_k <= num_experts "
-                                  f"({self.num_experts}), got {self.top_k!r}")
-        if self.aux_loss_coeff < 0:
-            raise VFFNConfigError(f"invalid MoE config: moe.aux_loss_coeff must be >= 0, got {self.aux_loss_coeff}")
 
 
 class KLoopFFN(SharedSwiGLU):

@@ -67,3 +67,29 @@ class VersatileFFNConfig:
             need(ffn_hidden_size % self.num_experts == 0,
                  f"ffn_hidden_size ({ffn_hidden_size}) must be divisible by vffn.num_experts "
                  f"({self.num_experts}) so every sub-expert is a contiguous slice of equal size")
+
+
+@dataclass
+class KLoopConfig:
+    loops: int = 2
+    recompute: bool = False
+
+    def validate(self) -> None:
+        if not isinstance(self.loops, int) or isinstance(self.loops, bool) or self.loops < 1:
+            raise VFFNConfigError(f"invalid k-loop config: kloop.loops must be an integer >= 1, got {self.loops!r}")
+
+
+@dataclass
+class MoEConfig:
+    num_experts: int = 8
+    top_k: int = 2
+    aux_loss_coeff: float = 1e-2
+
+    def validate(self, tensor_parallel_size: int = 1) -> None:
+        if not (isinstance(self.num_experts, int) and self.num_experts >= 1):
+            raise VFFNConfigError(f"invalid MoE config: moe.num_experts must be an integer >= 1, got {self.num_experts!r}")
+        if not (isinstance(self.top_k, int) and 1 <= self.top_k <= self.num_experts):
+            raise VFFNConfigError(f"invalid MoE config: moe.top_k must satisfy 1 <= top_k <= num_experts "
+                                  f"({self.num_experts}), got {self.top_k!r}")
+        if self.aux_loss_coeff < 0:
+            raise VFFNConfigError(f"invalid MoE config: moe.aux_loss_coeff must be >= 0, got {self.aux_loss_coeff}")

@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 
 from .config import VersatileFFNConfig, VFFNConfigError
-from .specs import get_layer_spec
 
 
 @dataclass
@@ -80,6 +79,7 @@ def build_gpt_model(cfg: GPTConfig, vffn: Optional[VersatileFFNConfig] = None, t
     from megatron.core.models.gpt import GPTModel
 
     from .baselines import configure_moe, get_kloop_layer_spec, get_moe_layer_spec
+    from .specs import get_layer_spec
 
     chosen = [n for n, v in (("vffn", vffn), ("kloop", kloop), ("moe", moe)) if v is not None]
     if len(chosen) > 1:
