@@ -117,12 +117,14 @@ def check_same_model(point: ResumePoint, cfg: RunConfig) -> None:
         saved = yaml.safe_load(f) or {}
     now = cfg.to_dict()
     diff = []
-    for section in ("model", "vffn"):
+    for section in ("model", "vffn", "kloop", "moe"):
         a, b = saved.get(section) or {}, now.get(section) or {}
         if (a == {}) != (b == {}):
             diff.append(f"{section}: {'null' if not a else 'set'} -> {'null' if not b else 'set'}")
             continue
-        keys = sorted(set(a) | set(b)) if section == "model" else ARCH_VFFN_KEYS  # tau / aux coeff may change
+        # tau / aux coeff / recompute may change; the rest shapes the weights or the function
+        keys = {"model": sorted(set(a) | set(b)), "vffn": ARCH_VFFN_KEYS, "kloop": ["loops"],
+                "moe": ["num_experts", "top_k"]}[section]
         diff += [f"{section}.{k} {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
     if diff:
         raise ConfigError(f"checkpoint {point.path} holds a different model ({'; '.join(diff)}). Use another "

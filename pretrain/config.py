@@ -9,8 +9,10 @@ YAML shape (see configs/tiny.yaml)::
     base: tiny.yaml            # optional: a preset this file overrides (path relative to this file)
     run_name: ...
     output_dir: runs/x         # checkpoints/, tensorboard/, config.yaml, metrics.jsonl
-    model: {arch: vffn | dense, num_layers: ..., ...}   # GPTConfig fields + arch
-    vffn: {num_experts: ..., ...}                       # VersatileFFNConfig; ignored for arch: dense
+    model: {arch: vffn | dense | kloop | moe, num_layers: ..., ...}   # GPTConfig fields + arch
+    vffn: {num_experts: ..., ...}                       # VersatileFFNConfig; used by arch: vffn only
+    kloop: {loops: 2}                                   # KLoopConfig; used by arch: kloop only
+    moe: {num_experts: 4, top_k: 2, aux_loss_coeff: 0.01}  # MoEConfig; used by arch: moe only
     parallel: {...}  data: {...}  optimizer: {...}  schedule: {...}  checkpoint: {...}  logging: {...}
 """
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any, List, Optional
 
 import yaml
 
+from vffn_megatron.baselines import KLoopConfig, MoEConfig
 from vffn_megatron.config import VersatileFFNConfig, VFFNConfigError
 from vffn_megatron.model import GPTConfig
 
@@ -35,11 +38,15 @@ class ConfigError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------- sections
+ARCHS = ("vffn", "dense", "kloop", "moe")  # model.arch: the FFN block of every layer
+
 @dataclass
 class ModelConfig(GPTConfig):
     """megatron GPTModel architecture (all GPTConfig fields) plus the FFN kind."""
 
-    arch: str = "vffn"  # "vffn": VersatileFFN block (the `vffn` section); "dense": megatron's SwiGLU MLP
+    # "vffn": VersatileFFN block (the `vffn` section); "dense": megatron's SwiGLU MLP; "kloop": the shared FFN
+    # applied kloop.loops times, no gate (baseline); "moe": megatron's MoELayer (the `moe` section)
+    arch: str = "vffn"
     # None: the tokenizer's vocabulary padded up to a multiple of make_vocab_size_divisible_by (and of TP).
     vocab_size: Optional[int] = None
     make_vocab_size_divisible_by: int = 128
@@ -126,6 +133,8 @@ class RunConfig:
     on_nonfinite: str = "stop"  # non-finite loss: stop (error naming the step) | skip (drop the step's update)
     model: ModelConfig = field(default_factory=ModelConfig)
     vffn: Optional[VersatileFFNConfig] = field(default_factory=VersatileFFNConfig)
+    kloop: Optional[KLoopConfig] = field(default_factory=KLoopConfig)
+    moe: Optional[MoEConfig] = field(default_factory=lambda: MoEConfig(num_experts=4, top_k=2, aux_loss_coeff=0.01))
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -141,6 +150,14 @@ class RunConfig:
     @property
     def vffn_or_none(self) -> Optional[VersatileFFNConfig]:
         return self.vffn if self.is_vffn else None
+
+    @property
+    def kloop_or_none(self) -> Optional[KLoopConfig]:
+        return self.kloop if self.model.arch == "kloop" else None
+
+    @property
+    def moe_or_none(self) -> Optional[MoEConfig]:
+        return self.moe if self.model.arch == "moe" else None
 
     @property
     def checkpoint_dir(self) -> str:
@@ -163,8 +180,9 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        if not self.is_vffn:
-            d["vffn"] = None
+        for section in ("vffn", "kloop", "moe"):  # only the chosen FFN's section is part of the model
+            if self.model.arch != section:
+                d[section] = None
         return d
 
     def to_yaml(self) -> str:
@@ -349,7 +367,7 @@ def _choice(value: str, key: str, options: tuple) -> None:
 
 def validate(cfg: RunConfig, world_size: Optional[int] = None) -> None:
     """Checks that need no files; with ``world_size`` also the batch / parallel layout."""
-    _choice(cfg.model.arch, "model.arch", ("vffn", "dense"))
+    _choice(cfg.model.arch, "model.arch", ARCHS)
     _choice(cfg.precision, "precision", ("bf16", "fp32"))
     _choice(cfg.on_nonfinite, "on_nonfinite", ("stop", "skip"))
     _choice(cfg.schedule.decay_style, "schedule.decay_style", ("cosine", "constant"))
@@ -369,6 +387,14 @@ def validate(cfg: RunConfig, world_size: Optional[int] = None) -> None:
         if cfg.is_vffn:
             _need(cfg.vffn is not None, "model.arch is 'vffn' but the vffn section is null")
             cfg.vffn.validate(ffn_hidden_size=gpt.ffn_hidden_size, tensor_parallel_size=tp)
+        if cfg.model.arch == "kloop":
+            _need(cfg.kloop is not None, "model.arch is 'kloop' but the kloop section is null")
+            cfg.kloop.validate()
+        if cfg.model.arch == "moe":
+            _need(cfg.moe is not None, "model.arch is 'moe' but the moe section is null")
+            cfg.moe.validate(tensor_parallel_size=tp)
+            _need(math.isfinite(cfg.moe.aux_loss_coeff),
+                  f"moe.aux_loss_coeff must be a finite number, got {cfg.moe.aux_loss_coeff}")
     except VFFNConfigError as e:
         raise ConfigError(str(e)) from None
     if m.vocab_size is not None:

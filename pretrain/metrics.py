@@ -7,6 +7,7 @@ TensorBoard tags (x axis = optimizer step):
   train/loss  train/lr  train/grad_norm  train/tokens_per_sec  train/consumed_samples  train/skipped_steps
   valid/loss
   vffn/tau  vffn/aux_loss                             (router load-balancing loss, mean over layers)
+  moe/aux_loss  moe/layer_LL/aux_loss                 (arch: moe; megatron's MoE router load-balancing loss)
   vffn/layer_LL/mean_loops  vffn/layer_LL/depth_share_D  vffn/layer_LL/expert_load_E  vffn/layer_LL/aux_loss
 """
 from __future__ import annotations
@@ -54,15 +55,19 @@ def routing_stats(model: torch.nn.Module, dp_group) -> dict[int, dict]:
     return out
 
 
-def aux_losses(micro_batches: int, dp_group) -> Optional[list[float]]:
+# model.arch -> the name its router's load-balancing loss has in megatron's aux-loss tracker
+AUX_LOSS_NAMES = {"vffn": "vffn_load_balancing_loss", "moe": "load_balancing_loss"}
+
+
+def aux_losses(micro_batches: int, dp_group, name: str = AUX_LOSS_NAMES["vffn"]) -> Optional[list[float]]:
     """Mean load-balancing loss per layer since the last call (megatron's aux-loss tracker), then clear it."""
     from megatron.core.transformer.moe.moe_utils import clear_aux_losses_tracker, get_moe_layer_wise_logging_tracker
-    from vffn_megatron.versatile_ffn import AUX_LOSS_NAME
 
     tracker = get_moe_layer_wise_logging_tracker()
-    if AUX_LOSS_NAME not in tracker or micro_batches == 0:
+    if name not in tracker or micro_batches == 0:
+        clear_aux_losses_tracker()  # eval forwards may have added values of no interest
         return None
-    values = tracker[AUX_LOSS_NAME]["values"].detach().clone().float()
+    values = tracker[name]["values"].detach().clone().float()
     if dist.is_initialized():
         dist.all_reduce(values, group=dp_group)
         values /= dist.get_world_size(dp_group)
@@ -124,8 +129,12 @@ class Metrics:
             scalars["train/grad_norm"] = grad_norm
         if tau is not None:
             scalars["vffn/tau"] = tau
+        group = "moe" if self.cfg.model.arch == "moe" else "vffn"
         if aux:
-            scalars["vffn/aux_loss"] = sum(aux) / len(aux)
+            scalars[f"{group}/aux_loss"] = sum(aux) / len(aux)
+            if group == "moe" and self.cfg.logging.per_layer:
+                for layer, v in enumerate(aux, start=1):
+                    scalars[f"moe/layer_{layer:02d}/aux_loss"] = v
         mean_loops = []
         for layer, st in routing.items():
             mean_loops.append(st["mean_loops"])

@@ -17,7 +17,7 @@ from . import checkpoint as ckpt
 from .config import RunConfig
 from .data import build_datasets, data_signature, loader, to_device
 from .engine import build_engine
-from .metrics import Metrics, aux_losses, routing_stats
+from .metrics import AUX_LOSS_NAMES, Metrics, aux_losses, routing_stats
 
 
 class NonFiniteLossError(RuntimeError):
@@ -53,7 +53,7 @@ def build_model(cfg: RunConfig, vocab_size: int):
     gpt = cfg.model.gpt()
     gpt.vocab_size = vocab_size
     return build_gpt_model(gpt, cfg.vffn_or_none, cfg.parallel.tensor_model_parallel_size,
-                           bf16=cfg.precision == "bf16")
+                           bf16=cfg.precision == "bf16", kloop=cfg.kloop_or_none, moe=cfg.moe_or_none)
 
 
 def _micro_loss(engine, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -246,7 +246,8 @@ def train(cfg: RunConfig, tokenizer, vocab_size: int, resume: Optional[ckpt.Resu
             metrics.step(step, mean_loss, lr, grad_norm, consumed, tokens_per_step, result.skipped_steps)
             if step % cfg.logging.log_interval == 0 or step == s.train_steps:
                 routing = routing_stats(engine.module, ps.get_data_parallel_group()) if cfg.is_vffn else {}
-                aux = aux_losses(micro_since_log, ps.get_data_parallel_group()) if cfg.is_vffn else None
+                aux = (aux_losses(micro_since_log, ps.get_data_parallel_group(), AUX_LOSS_NAMES[cfg.model.arch])
+                       if cfg.model.arch in AUX_LOSS_NAMES else None)
                 micro_since_log = 0
                 metrics.log(step, lr, grad_norm, consumed, result.skipped_steps, tau, routing, aux)
             if valid_ds is not None and (step % s.eval_interval == 0 or step == s.train_steps):
