@@ -143,12 +143,17 @@ class VersatileFFN(SharedSwiGLU):
     def _gumbel_noise(self, shape: tuple, device: torch.device) -> torch.Tensor:
         if self.noise_fn is not None:
             return self.noise_fn(shape, device).to(device=device, dtype=torch.float32)
-        # Stateless: a pure function of (seed, data-parallel rank, step, micro-batch, layer). Identical on all
-        # TP ranks of a DP rank (they must pick the same depths), different across DP ranks, and reproduced
-        # exactly on resume without saving RNG state.
-        dp_rank = parallel_state.get_data_parallel_rank() if parallel_state.model_parallel_is_initialized() else 0
+        # Stateless: a pure function of (seed, step, global micro-batch index, layer), where the global index
+        # micro * dp_size + dp_rank numbers the step's micro-batches across data-parallel ranks. So it is
+        # identical on all TP ranks of a DP rank (they must pick the same depths), different across DP ranks,
+        # the same for DP=2 x GAS=1 as for DP=1 x GAS=2, and reproduced exactly on resume without RNG state.
+        if parallel_state.model_parallel_is_initialized():
+            dp_rank, dp_size = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
+        else:
+            dp_rank, dp_size = 0, 1
         gen = torch.Generator(device=device)
-        gen.manual_seed(_mix_seed(self.noise_seed, dp_rank, self.global_step, self._micro, self.layer_number or 0))
+        gen.manual_seed(_mix_seed(self.noise_seed, self.global_step, self._micro * dp_size + dp_rank,
+                                  self.layer_number or 0))
         return -torch.empty(shape, device=device, dtype=torch.float32).exponential_(generator=gen).log()
 
     def _loop_from_delta(self, x: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
