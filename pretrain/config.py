@@ -57,6 +57,16 @@ class ModelConfig(GPTConfig):
 
 
 @dataclass
+class MoESection(MoEConfig):
+    """megatron's MoE baseline (arch: moe): experts of model.ffn_hidden_size each. Smaller defaults than
+    MoEConfig's (the run config's scale is a tiny model), the same whether the section is absent or partial."""
+
+    num_experts: int = 4
+    top_k: int = 2
+    aux_loss_coeff: float = 0.01
+
+
+@dataclass
 class ParallelConfig:
     tensor_model_parallel_size: int = 1
     zero_stage: int = 1  # DeepSpeed ZeRO stage 0-3 over the data-parallel group
@@ -134,7 +144,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     vffn: Optional[VersatileFFNConfig] = field(default_factory=VersatileFFNConfig)
     kloop: Optional[KLoopConfig] = field(default_factory=KLoopConfig)
-    moe: Optional[MoEConfig] = field(default_factory=lambda: MoEConfig(num_experts=4, top_k=2, aux_loss_coeff=0.01))
+    moe: Optional[MoESection] = field(default_factory=MoESection)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -180,9 +190,8 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        for section in ("vffn", "kloop", "moe"):  # only the chosen FFN's section is part of the model
-            if self.model.arch != section:
-                d[section] = None
+        if not self.is_vffn:
+            d["vffn"] = None
         return d
 
     def to_yaml(self) -> str:

@@ -191,3 +191,39 @@ def test_resume_into_a_different_model_is_refused(ws, tmp_path):
     check_same_model(point, load(ws, "vffn.tau_start=2.0", "optimizer.lr=1e-2"))  # hyper-parameters may change
     msg = error_of(check_same_model, point, load(ws, "model.hidden_size=128", "vffn.max_depth=2"))
     assert "model.hidden_size 64 -> 128" in msg and "vffn.max_depth 3 -> 2" in msg and "checkpoint.resume=none" in msg
+
+
+# ------------------------------------------------------------------ baselines: model.arch kloop | moe
+def test_baseline_archs_load(ws):
+    cfg = load(ws, "model.arch=kloop", "kloop.loops=3")
+    assert cfg.kloop_or_none.loops == 3 and cfg.vffn_or_none is None and cfg.moe_or_none is None
+    cfg = load(ws, "model.arch=moe", "moe.num_experts=8", "moe.top_k=1")
+    assert (cfg.moe_or_none.num_experts, cfg.moe_or_none.top_k) == (8, 1) and cfg.kloop_or_none is None
+    assert cfg.to_dict()["vffn"] is None  # only the chosen FFN's section describes the model
+
+
+def test_compare_preset_is_valid():
+    from pretrain.config import load_config, validate
+
+    for arch in ("dense", "kloop", "moe", "vffn"):
+        validate(load_config(str(REPO / "configs" / "compare_tiny.yaml"), [f"model.arch={arch}"]), world_size=1)
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["model.arch=mo"], "model.arch must be one of vffn, dense, kloop, moe; got 'mo'; did you mean 'moe'?"),
+    (["model.arch=kloop", "kloop.loops=0"], "kloop.loops must be an integer >= 1, got 0"),
+    (["model.arch=kloop", "kloop=null"], "model.arch is 'kloop' but the kloop section is null"),
+    (["model.arch=moe", "moe.top_k=5"], "moe.top_k must satisfy 1 <= top_k <= num_experts (4), got 5"),
+    (["model.arch=moe", "moe.num_experts=0"], "moe.num_experts must be an integer >= 1, got 0"),
+    (["model.arch=moe", "moe.aux_loss_coeff=-1"], "moe.aux_loss_coeff must be >= 0"),
+    (["model.arch=moe", "moe=null"], "model.arch is 'moe' but the moe section is null"),
+    (["kloop.lopps=2"], "unknown config key 'kloop.lopps'; did you mean 'kloop.loops'?"),
+    (["moe.topk=2"], "unknown config key 'moe.topk'; did you mean 'moe.top_k'?"),
+    (["kloop.loops=two"], "kloop.loops must be integer, got 'two'"),
+])
+def test_baseline_arch_errors(ws, overrides, expected):
+    assert expected in error_of(load, ws, *overrides)
+
+
+def test_baseline_sections_ignored_by_other_archs(ws):
+    load(ws, "kloop.loops=0", "moe.top_k=9")  # arch vffn: the baselines' sections are not validated
