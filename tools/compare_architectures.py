@@ -114,6 +114,7 @@ def run_all(a, runs: list[dict], eval_interval: int) -> None:
             r = pending.pop(0)
             out = Path(a.work_dir) / r["name"]
             if a.reuse and (out / "checkpoints" / f"step_{a.steps:08d}").is_dir():
+                r["reused"] = True
                 r["wall"] = float((out / "wall_seconds.txt").read_text()) if (out / "wall_seconds.txt").is_file() else math.nan
                 continue
             out.mkdir(parents=True, exist_ok=True)
@@ -223,24 +224,23 @@ def analyse(a, runs: list[dict], t0: float, cmd: str) -> str:
     D = runs[0].get("D", 3)
     params = count_params(a, {x: next(r for r in runs if r["arch"] == x)["overrides"] for x in archs})
 
-    # ---- validation curves
-    fig, ax = plt.subplots(figsize=(8, 5))
+    # ---- validation curves: whole run, and the second half zoomed (where the differences are small)
+    cfg0 = params[archs[0]]["cfg"]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     colors = dict(zip(ARCHS, ["tab:gray", "tab:orange", "tab:red", "tab:green", "tab:blue"]))
-    for r in runs:
-        v = r["tb"].get("valid/loss", [])
-        if v:
-            ax.plot([s for s, _ in v], [x for _, x in v], color=colors[r["arch"]], marker=".",
-                    linestyle="-" if r["seed"] == a.seed_list[0] else "--",
-                    label=f"{LABELS[r['arch']]} (seed {r['seed']})")
-    ax.set_xlabel("optimizer step (16 sequences x 128 tokens each)")
-    ax.set_ylabel("validation loss (nats/token)")
-    ax.set_title("Validation loss (lower is better)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    lo = min((x for r in runs for _, x in r["tb"].get("valid/loss", [])[1:]), default=None)
-    if lo is not None:  # zoom past the first evaluation so the late differences are visible
-        hi = max(x for r in runs for s, x in r["tb"].get("valid/loss", [])[1:])
-        ax.set_ylim(lo - 0.05 * (hi - lo + 1e-9), hi)
+    for zoom, ax in enumerate(axes):
+        for r in runs:
+            v = [(st, x) for st, x in r["tb"].get("valid/loss", []) if not zoom or st >= a.steps // 2]
+            if v:
+                ax.plot([st for st, _ in v], [x for _, x in v], color=colors[r["arch"]], marker=".",
+                        linestyle="-" if r["seed"] == a.seed_list[0] else "--",
+                        label=f"{LABELS[r['arch']]} (seed {r['seed']})")
+        ax.set_xlabel(f"optimizer step ({cfg0.schedule.global_batch_size} sequences x {cfg0.model.seq_length} "
+                      f"tokens each)")
+        ax.set_ylabel("validation loss (nats/token)")
+        ax.set_title("Validation loss, second half (zoomed)" if zoom else "Validation loss (lower is better)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
     fig.savefig(out / "valid_loss.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
 
@@ -312,7 +312,6 @@ def analyse(a, runs: list[dict], t0: float, cmd: str) -> str:
                     f"{p['total'] - p['embedding']:,} | {p['active'] - p['embedding']:,} | {flops / 1e6:.2f} | "
                     f"{mean_spread(fin)} | {mean_spread(ppl).replace('.0000', '')} | "
                     f"{statistics.mean(tps):,.0f} | {statistics.mean(r['wall'] for r in rs):.0f} |")
-    cfg0 = params[archs[0]]["cfg"]
     s = cfg0.schedule
     tokens = a.steps * s.global_batch_size * cfg0.model.seq_length
     spread = {x: (max(v) - min(v)) for x, v in finals.items() if len(v) > 1}
@@ -366,7 +365,8 @@ def analyse(a, runs: list[dict], t0: float, cmd: str) -> str:
                             else " — larger than the seed spread: VersatileFFN is worse"))
             lines.append(f"- {LABELS[x]} minus VersatileFFN: {diff:+.4f} nats{verdict}.")
     lines += ["", "## Pictures", ""]
-    captions = {"valid_loss.png": "Validation loss vs step, all runs (solid: first seed, dashed: second).",
+    captions = {"valid_loss.png": "Validation loss vs step, all runs (solid: first seed, dashed: other seeds); "
+                                  "right: the second half of training, zoomed.",
                 "depth_share.png": "Per layer, the share of training tokens at each depth (Gumbel-sampled "
                                    "during training, from the TensorBoard scalars).",
                 "expert_load.png": "Per layer, the share of top-k routing slots per width-path sub-expert.",
@@ -377,7 +377,11 @@ def analyse(a, runs: list[dict], t0: float, cmd: str) -> str:
     lines += ["## Reproduce", "", "```", cmd, "```", "",
               f"Seeds: {', '.join(map(str, a.seed_list))} (dense and VersatileFFN; other models seed "
               f"{a.seed_list[0]}{'; all seeds for all' if a.all_seeds else ''}). Measured wall time of the whole "
-              f"command: {(time.time() - t0) / 60:.1f} min ({a.jobs} run(s) at a time, 2-core CPU shared with other work).", ""]
+              f"command: {(time.time() - t0) / 60:.1f} min ({a.jobs} run(s) at a time, 2-core CPU shared with other work)"
+              + (f"; {sum(1 for r in runs if r.get('reused'))} run(s) were reused from an earlier invocation "
+                 f"(--reuse), their own training wall times sum to "
+                 f"{sum(r['wall'] for r in runs if r.get('reused')) / 60:.1f} min" if any(r.get("reused") for r in runs)
+                 else "") + ".", ""]
     md = "\n".join(lines)
     (out / "compare.md").write_text(md)
     return md
