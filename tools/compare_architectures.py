@@ -233,7 +233,7 @@ def analyse(a, runs: list[dict], t0: float, cmd: str) -> str:
             v = [(st, x) for st, x in r["tb"].get("valid/loss", []) if not zoom or st >= a.steps // 2]
             if v:
                 ax.plot([st for st, _ in v], [x for _, x in v], color=colors[r["arch"]], marker=".",
-                        linestyle="-" if r["seed"] == a.seed_list[0] else "--",
+                        linestyle=("-", "--", ":", "-.")[a.seed_list.index(r["seed"]) % 4],
                         label=f"{LABELS[r['arch']]} (seed {r['seed']})")
         ax.set_xlabel(f"optimizer step ({cfg0.schedule.global_batch_size} sequences x {cfg0.model.seq_length} "
                       f"tokens each)")
@@ -365,7 +365,7 @@ def analyse(a, runs: list[dict], t0: float, cmd: str) -> str:
                             else " — larger than the seed spread: VersatileFFN is worse"))
             lines.append(f"- {LABELS[x]} minus VersatileFFN: {diff:+.4f} nats{verdict}.")
     lines += ["", "## Pictures", ""]
-    captions = {"valid_loss.png": "Validation loss vs step, all runs (solid: first seed, dashed: other seeds); "
+    captions = {"valid_loss.png": "Validation loss vs step, all runs (line style = seed: solid, dashed, dotted, dash-dot); "
                                   "right: the second half of training, zoomed.",
                 "depth_share.png": "Per layer, the share of training tokens at each depth (Gumbel-sampled "
                                    "during training, from the TensorBoard scalars).",
@@ -375,8 +375,9 @@ def analyse(a, runs: list[dict], t0: float, cmd: str) -> str:
     for pic in pictures:
         lines += [f"![{pic}]({pic})", "", captions[pic], ""]
     lines += ["## Reproduce", "", "```", cmd, "```", "",
-              f"Seeds: {', '.join(map(str, a.seed_list))} (dense and VersatileFFN; other models seed "
-              f"{a.seed_list[0]}{'; all seeds for all' if a.all_seeds else ''}). Measured wall time of the whole "
+              f"Seeds: {', '.join(map(str, a.seed_list))} ("
+              + ("every model" if a.all_seeds else f"dense and VersatileFFN; other models seed {a.seed_list[0]}")
+              + "). Measured wall time of the whole "
               f"command: {(time.time() - t0) / 60:.1f} min ({a.jobs} run(s) at a time, 2-core CPU shared with other work)"
               + (f"; {sum(1 for r in runs if r.get('reused'))} run(s) were reused from an earlier invocation "
                  f"(--reuse), their own training wall times sum to "
