@@ -28,7 +28,7 @@ from typing import Any, List, Optional
 
 import yaml
 
-from vffn_megatron.baselines import KLoopConfig, MoEConfig
+from vffn_megatron.config import KLoopConfig, MoEConfig
 from vffn_megatron.config import VersatileFFNConfig, VFFNConfigError
 from vffn_megatron.model import GPTConfig
 
