@@ -186,16 +186,15 @@ class VersatileFFN(SharedSwiGLU):
         out = torch.cat(outs, 0) if outs else rows.new_zeros(0, w2.shape[0])
         return torch.zeros(T, w2.shape[0], dtype=out.dtype, device=out.device).index_add(0, tok, out)
 
-    def _first_loop(self, u: torch.Tensor, w_local: torch.Tensor, top_idx: torch.Tensor,
-                    wide_idx: Optional[torch.Tensor] = None):
+    def _first_loop(self, u: torch.Tensor, w_local: torch.Tensor, top_idx: torch.Tensor, wide_start: int = 0):
         """Loop 1 plus the width delta from the same hidden activations, reduced across TP in one all-reduce.
 
         w_local: [T_w, 1, N/t] width weights of this rank's sub-experts and top_idx [T_w, k] for the tokens
-        ``wide_idx`` (all tokens if None). fc2 is applied with linear_fc2's weight directly (as its
+        ``u[wide_start:]`` (all tokens by default). fc2 is applied with linear_fc2's weight directly (as its
         RowParallelLinear forward would) so both partial sums share megatron's single TP reduction.
         """
         h = self._hidden(u)
-        hw = h if wide_idx is None else h.index_select(0, wide_idx)
+        hw = h[wide_start:]
         width = self._width_partial(hw[:, 0], w_local[:, 0], top_idx).unsqueeze(1)
         both = reduce_from_tensor_model_parallel_region(
             torch.cat([F.linear(h, self.linear_fc2.weight), width], dim=0))
@@ -259,25 +258,29 @@ class VersatileFFN(SharedSwiGLU):
     def _forward_eval(self, x: torch.Tensor) -> torch.Tensor:
         T, D = x.shape[0], self.max_depth
         L = self.depth_router(x[:, 0]).float().argmax(dim=-1) + 1  # loops per token, 1..D
-        m = (D - L).to(x.dtype) / D
-        wide_idx = torch.nonzero(L < D).squeeze(1)  # tokens that use the width path at all (m > 0)
-        w_full, top_idx, _ = self._width_weights(x.index_select(0, wide_idx)[:, 0])
-        f, width_delta = self._first_loop(x, self._local(w_full, x.dtype), top_idx, wide_idx)
-        deep = f.clone()  # delta of x_L - x per token, accumulated only for tokens still looping
-        idx, u = torch.arange(T, device=x.device), x + f
+        # Tokens sorted deepest first: the tokens still looping at loop i are a prefix and the tokens with
+        # a width share (L < D, m > 0) a suffix, so each loop works on contiguous views, with one gather
+        # here and one scatter at the end instead of per-loop index ops.
+        order = torch.argsort(L, descending=True, stable=True)
+        n_at_least = torch.bincount(L, minlength=D + 1).flip(0).cumsum(0).flip(0).tolist()  # [i] = #(L >= i)
+        xs = x.index_select(0, order)
+        m = ((D - L.index_select(0, order)).to(x.dtype) / D)[:, None, None]
+        wide = n_at_least[D]  # sorted position of the first token that uses the width path
+        w_full, top_idx, _ = self._width_weights(xs[wide:, 0])
+        acc, width_delta = self._first_loop(xs, self._local(w_full, x.dtype), top_idx, wide)
+        u = xs + acc
         for i in range(2, D + 1):
-            keep = torch.nonzero(L.index_select(0, idx) >= i).squeeze(1)
-            if keep.numel() == 0:  # identical on all TP ranks: same inputs, replicated router
+            n = n_at_least[i]  # identical on all TP ranks: same inputs, replicated router
+            if n == 0:
                 break
-            idx, u = idx.index_select(0, keep), u.index_select(0, keep)
-            f = self._loop(u)
-            u = u + f
-            deep.index_add_(0, idx, f)
-        out = (1 - m)[:, None, None] * deep
-        out.index_add_(0, wide_idx, m.index_select(0, wide_idx)[:, None, None] * width_delta)
+            f = self._loop(u[:n])
+            u = u[:n] + f
+            acc[:n] += f  # delta x_L - x, accumulated as deltas
+        out = (1 - m) * acc
+        out[wide:] += m[wide:] * width_delta
         self._record_stats(L, top_idx)
         self._last_L = L
-        return out
+        return torch.empty_like(out).index_copy_(0, order, out)
 
     def _load_balancing_loss(self, logits: torch.Tensor, top_idx: torch.Tensor) -> torch.Tensor:
         """Switch-style: N * sum_e f_e * P_e (f_e: share of routed slots, P_e: mean router probability)."""
