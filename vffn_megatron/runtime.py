@@ -20,19 +20,26 @@ def device() -> torch.device:
 def init_distributed(timeout_minutes: int = 30) -> None:
     """Join the process group described by the launcher's env (torchrun / deepspeed / SLURM-wrapped).
 
-    Without launcher variables a single-process group is created on a free loopback port, so tools and
+    Without launcher variables a single-process group is created on an in-memory store, so tools and
     tests run with plain ``python``.
     """
     if dist.is_initialized():
         return
+    cuda = torch.cuda.is_available()
+    backend = "nccl" if cuda else "gloo"
+    timeout = datetime.timedelta(minutes=timeout_minutes)
     if "RANK" not in os.environ:
+        # One process: an in-memory store, no TCP port (picking a "free" port races with other jobs that
+        # start at the same moment). The variables are set for libraries that read them (DeepSpeed).
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(free_port()))
-    cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(0)
+        dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
+        return
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend="nccl" if cuda else "gloo",
-                            timeout=datetime.timedelta(minutes=timeout_minutes))
+    dist.init_process_group(backend=backend, timeout=timeout)
 
 
 def init_megatron(tensor_parallel_size: int = 1, seed: int = 1234) -> None:
