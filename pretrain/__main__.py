@@ -4,7 +4,10 @@ Run it under a launcher for several processes (launch/torchrun.sh, launch/deepsp
 launch/slurm.sbatch); without one it trains in a single process. Every check that can fail on the
 config, the data or the tokenizer runs before any process group starts.
 
-Exit codes: 0 done (or stopped by SIGTERM after saving), 2 bad configuration, 3 non-finite loss.
+Exit codes: 0 done (or stopped by SIGTERM / SIGINT after saving), 2 bad configuration, 3 non-finite loss.
+With ``VFFN_EXIT_STATUS_DIR`` set (launch/torchrun.sh sets it), each rank also writes its exit code to
+``<dir>/rank_<RANK>.exit``: torchrun itself reports 1 whenever it was signalled, so the launcher reads the
+workers' own codes from there.
 """
 from __future__ import annotations
 
@@ -47,7 +50,34 @@ def quiet_library_warnings() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    code = 1
+    try:
+        code = _main(argv)
+    except SystemExit as e:  # argparse errors / --help
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        raise
+    finally:
+        _write_exit_status(code)
+    return code
+
+
+def _write_exit_status(code: int) -> None:
+    """The launcher's view of this rank's outcome (see module docstring)."""
+    folder = os.environ.get("VFFN_EXIT_STATUS_DIR")
+    if not folder:
+        return
+    try:
+        path = os.path.join(folder, f"rank_{os.environ.get('RANK', '0')}.exit")
+        with open(path + ".tmp", "w") as f:
+            f.write(f"{code}\n")
+        os.replace(path + ".tmp", path)
+    except OSError:
+        pass  # a status file is advisory: never turn a finished run into a failure
+
+
+def _main(argv: list[str] | None = None) -> int:
+    # intermixed: overrides may stand on both sides of a flag (`a.x=1 --check b.y=2`)
+    args = _parser().parse_intermixed_args(argv)
     quiet_library_warnings()
     import torch
 

@@ -179,10 +179,11 @@ class Checkpointer:
 
 
 class StopSignal:
-    """SIGTERM / SIGUSR1 (SLURM pre-emption, torchrun shutdown) only set a flag; the training loop
-    agrees on it across ranks after a step, saves a checkpoint and exits cleanly."""
+    """SIGTERM / SIGUSR1 (SLURM pre-emption, torchrun shutdown) and SIGINT (Ctrl-C; torchrun forwards it) only
+    set a flag; the training loop agrees on it across ranks after a step, saves a checkpoint and exits cleanly.
+    A second Ctrl-C interrupts at once (KeyboardInterrupt), without saving."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
     def __init__(self):
         self.received: Optional[int] = None
@@ -194,6 +195,8 @@ class StopSignal:
         return self
 
     def _handle(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.received is not None:
+            raise KeyboardInterrupt  # the impatient second Ctrl-C
         self.received = signum
 
     def uninstall(self) -> None:

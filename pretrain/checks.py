@@ -47,15 +47,57 @@ def resolve_vocab_size(cfg: RunConfig, tokenizer_vocab: int) -> int:
     return -(-tokenizer_vocab // multiple) * multiple
 
 
-def _read_idx_dtype(idx_path: str) -> np.dtype:
+def _read_idx_header(idx_path: str) -> tuple[np.dtype, int]:
+    """(token dtype, number of sequences) from a megatron ``.idx`` header (magic, version, dtype, count)."""
     from megatron.core.datasets.indexed_dataset import DType
 
     with open(idx_path, "rb") as f:
-        head = f.read(18)
-    if len(head) < 18 or head[:9] != _IDX_MAGIC:
+        head = f.read(26)
+    if len(head) < 26 or head[:9] != _IDX_MAGIC:
         raise ConfigError(f"{idx_path} is not a megatron indexed-dataset index (bad header); "
                           f"re-create it with tools/preprocess_data.py")
-    return np.dtype(DType.dtype_from_code(struct.unpack("<B", head[17:18])[0]))
+    dtype = np.dtype(DType.dtype_from_code(struct.unpack("<B", head[17:18])[0]))
+    return dtype, struct.unpack("<Q", head[18:26])[0]
+
+
+def _read_idx_dtype(idx_path: str) -> np.dtype:
+    return _read_idx_header(idx_path)[0]
+
+
+SPLIT_NAMES = ("train", "validation", "test")
+
+
+def check_split(cfg: RunConfig, index: int, path: str, num_docs: int) -> None:
+    """Every split with a non-zero share of data.split must get >= 1 document of every dataset.
+
+    megatron-core builds each such split, and ``GPTDataset`` loops forever (100% CPU, no message) looking for
+    tokens in a split of 0 documents, even when nothing is sampled from it. The document ranges are megatron's
+    own: round(bound * documents) for the normalised split bounds.
+    """
+    from megatron.core.datasets.blended_megatron_dataset_config import (
+        convert_split_vector_to_split_matrix, parse_and_normalize_split)
+
+    matrix = convert_split_vector_to_split_matrix(parse_and_normalize_split(cfg.data.split))
+    for name, bounds in zip(SPLIT_NAMES, matrix):
+        if bounds is None:  # a zero share: megatron does not build this split
+            continue
+        count = int(round(bounds[1] * num_docs)) - int(round(bounds[0] * num_docs))
+        if count < 1:
+            share = bounds[1] - bounds[0]
+            need = math.ceil(1500.0 / max(num_docs, 1)) / 10  # percent: 1.5 documents survive the rounding
+            raise ConfigError(
+                f"data.split {cfg.data.split!r} gives the {name} split {share:.2%} of the {num_docs} documents of "
+                f"data.datasets[{index}] ({path}), which rounds to 0 documents (megatron-core would hang building "
+                f"it). Give the {name} split a share of at least ~{need:g}% (e.g. data.split="
+                f"{_suggest_split(matrix, SPLIT_NAMES.index(name), need)}), preprocess more documents, or set its "
+                f"share to 0" + (" (and schedule.eval_interval=0)" if name == "validation" else ""))
+
+
+def _suggest_split(matrix, which: int, percent: float) -> str:
+    shares = [0.0 if b is None else (b[1] - b[0]) * 100 for b in matrix]
+    shares[which] = max(shares[which], percent)
+    shares[0] = 100 - sum(shares[1:])
+    return ",".join(f"{s:g}" for s in shares)
 
 
 def max_token_id(prefix: str, cache_dir: Optional[str] = None) -> int:
@@ -101,7 +143,8 @@ def check_data(cfg: RunConfig, tokenizer) -> None:
             raise ConfigError(f"data.datasets[{i}].path: {', '.join(missing)} not found. The path is the prefix "
                               f"written by `tools/preprocess_data.py --output-prefix P` (e.g. P_text_document), "
                               f"without .bin/.idx")
-        _read_idx_dtype(entry.path + ".idx")
+        _, num_docs = _read_idx_header(entry.path + ".idx")
+        check_split(cfg, i, entry.path, num_docs)
         if cfg.data.check_token_ids:
             top = max_token_id(entry.path, cfg.data_cache_dir)
             if top >= tokenizer.vocab_size:

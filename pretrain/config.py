@@ -360,7 +360,34 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
 
 
 def from_dict(tree: dict) -> RunConfig:
+    data = tree.get("data")
+    if isinstance(data, dict) and "datasets" in data:
+        tree = {**tree, "data": {**data, "datasets": normalize_datasets(data["datasets"])}}
     return _build(RunConfig, tree, "")
+
+
+def normalize_datasets(value: Any) -> Any:
+    """``data.datasets`` in any of the spellings users bring, as a list of {path, weight} mappings:
+
+    * a bare prefix: ``runs/x/corpus_text_document``;
+    * Megatron-LM's ``--data-path`` list, weights and prefixes alternating: ``[0.7, a_text_document, 0.3, b]``;
+    * a list of prefixes (equal weights), or of {path, weight} mappings (the canonical form).
+    Anything else is left for the type check, which names the key.
+    """
+    def is_weight(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if isinstance(value, str):
+        return [{"path": value}]
+    if not isinstance(value, list) or not value or any(isinstance(v, dict) for v in value):
+        return value
+    if all(isinstance(v, str) for v in value):
+        return [{"path": v} for v in value]
+    pairs = len(value) % 2 == 0 and all(is_weight(w) and isinstance(p, str) for w, p in zip(value[::2], value[1::2]))
+    if not pairs:
+        raise ConfigError(f"data.datasets: {value!r} is neither a list of {{path, weight}} mappings nor a Megatron-style "
+                          f"list alternating weight and path (e.g. [0.7, a_text_document, 0.3, b_text_document])")
+    return [{"path": p, "weight": float(w)} for w, p in zip(value[::2], value[1::2])]
 
 
 # ----------------------------------------------------------------------------------------- validation

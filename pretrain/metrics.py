@@ -75,6 +75,29 @@ def aux_losses(micro_batches: int, dp_group, name: str = AUX_LOSS_NAMES["vffn"])
     return (values / micro_batches).cpu().tolist()
 
 
+def truncate_jsonl(path: str, last_step: int) -> None:
+    """Keep only the records of steps <= ``last_step`` (the step a run resumes from; 0 for a fresh start).
+
+    Steps after the resumed checkpoint are trained again, so their old records would repeat (TensorBoard
+    purges them the same way, through ``purge_step``). An unreadable line (a crash mid-write) is dropped.
+    """
+    if not os.path.isfile(path):
+        return
+    kept = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= last_step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
+
+
 class Metrics:
     def __init__(self, cfg: RunConfig, rank: int, start_step: int):
         self.cfg, self.rank = cfg, rank
@@ -85,7 +108,9 @@ class Metrics:
         if rank != 0:
             return
         os.makedirs(cfg.output_dir, exist_ok=True)
-        self.jsonl = open(os.path.join(cfg.output_dir, "metrics.jsonl"), "a")
+        path = os.path.join(cfg.output_dir, "metrics.jsonl")
+        truncate_jsonl(path, start_step)
+        self.jsonl = open(path, "a")
         if cfg.logging.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 

@@ -52,3 +52,18 @@ def test_baseline_gpt_trains(megatron_tp1, kind):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_no_unknown_mlp_warning_per_layer(megatron_tp1, caplog):
+    """megatron's "Unknown MLP type ... Using default kwargs" line (once per layer per model) is not printed
+    for our blocks, and the layer still builds them with the default TP group."""
+    import logging
+
+    from vffn_megatron import GPTConfig, KLoopConfig, VersatileFFNConfig, build_gpt_model
+
+    cfg = GPTConfig(num_layers=2, hidden_size=32, num_attention_heads=4, ffn_hidden_size=64, seq_length=8,
+                    vocab_size=64)
+    with caplog.at_level(logging.WARNING):
+        build_gpt_model(cfg, VersatileFFNConfig(num_experts=4, top_k=2, max_depth=2))
+        build_gpt_model(cfg, kloop=KLoopConfig(loops=2))
+    assert not [r for r in caplog.records if "Unknown MLP type" in r.getMessage()]

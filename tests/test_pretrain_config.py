@@ -227,3 +227,50 @@ def test_baseline_arch_errors(ws, overrides, expected):
 
 def test_baseline_sections_ignored_by_other_archs(ws):
     load(ws, "kloop.loops=0", "moe.top_k=9")  # arch vffn: the baselines' sections are not validated
+
+
+# ------------------------------------------------------------------ data.split that rounds a split to 0 documents
+def test_split_that_rounds_to_zero_documents_is_refused(ws):
+    """megatron-core hangs forever (100% CPU) building a split of 0 documents: refuse it with the counts."""
+    from pretrain.checks import preflight
+
+    # 20 documents: 1% of them rounds to 0, even with eval_interval 0 (megatron still builds the split)
+    msg = error_of(preflight, load(ws, "data.split=99,1,0"))
+    assert "data.split '99,1,0' gives the validation split 1.00% of the 20 documents of data.datasets[0]" in msg
+    assert "rounds to 0 documents" in msg and "data.split=92.5,7.5,0" in msg
+    msg = error_of(preflight, load(ws, "data.split=99,0,1"))
+    assert "the test split" in msg
+    preflight(load(ws, "data.split=92.5,7.5,0"))  # the suggested split is accepted
+    preflight(load(ws, "data.split=100,0,0"))  # a zero share builds nothing
+
+
+def test_cli_check_refuses_an_empty_validation_split(ws):
+    over = run_overrides(ws, ws["root"] / "out") + ["data.split=99.9,0.1,0", "schedule.eval_interval=5"]
+    p = subprocess.run([sys.executable, "-m", "pretrain", "--config", TINY, *over, "--check"], cwd=REPO,
+                       env=launch_env(), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "config OK" not in p.stdout, p.stdout + p.stderr
+    assert "validation split" in p.stderr and "rounds to 0 documents" in p.stderr
+
+
+# ------------------------------------------------------------------ data.datasets spellings, CLI argument order
+@pytest.mark.parametrize("value, expected", [
+    ("/d/a_text_document", [("/d/a_text_document", 1.0)]),
+    ("[0.7, /d/a_text_document, 0.3, /d/b_text_document]", [("/d/a_text_document", 0.7), ("/d/b_text_document", 0.3)]),
+    ("[/d/a_text_document, /d/b_text_document]", [("/d/a_text_document", 1.0), ("/d/b_text_document", 1.0)]),
+    ("[{path: /d/a_text_document, weight: 2}]", [("/d/a_text_document", 2.0)]),
+])
+def test_datasets_accept_bare_path_and_megatron_list(ws, value, expected):
+    cfg = load(ws, f"data.datasets={value}")
+    assert [(e.path, e.weight) for e in cfg.data.datasets] == expected
+
+
+def test_datasets_bad_megatron_list(ws):
+    msg = error_of(load, ws, "data.datasets=[0.7, /d/a_text_document, 0.3]")
+    assert "Megatron-style list alternating weight and path" in msg
+
+
+def test_overrides_on_both_sides_of_a_flag(ws):
+    from pretrain.__main__ import _parser
+
+    args = _parser().parse_intermixed_args(["--config", TINY, "a.x=1", "--check", "b.y=2"])
+    assert args.check and args.overrides == ["a.x=1", "b.y=2"]

@@ -43,6 +43,15 @@ def test_zero_stages_match_zero0(parity):
         _close(parity[f"zero{stage}"]["grad_norms"], ref["grad_norms"], atol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["vffn", "dense", "kloop", "moe"])
+def test_zero3_dp2_with_validation(parity, arch):
+    """Validation at ZeRO-3 with 2 DP ranks whose VersatileFFN tokens need different loop counts: every rank
+    must run the same parameter gathers (a data-dependent early exit crashed here with a gloo size mismatch)."""
+    r = parity[f"z3eval_{arch}"]
+    assert sorted(r["valid"]) == ["2", "4"], r
+    assert all(math.isfinite(v) for v in r["valid"].values()) and len(r["losses"]) == 4
+
+
 def test_tp2_matches_tp1(parity):
     _close(parity["tp2"]["losses"], parity["tp1"]["losses"])
     _close(parity["tp2"]["grad_norms"], parity["tp1"]["grad_norms"], atol=1e-5)

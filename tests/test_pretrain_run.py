@@ -109,14 +109,20 @@ def test_resume_after_sigkill_matches(ws, reference, tmp_path):
     start = _resumed_step(log)
     assert 6 <= start <= killed_at
     _assert_same(read_losses(out), read_losses(reference), range(start + 1, STEPS + 1))
+    # the steps trained again after the resume replace their first records instead of repeating them
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, STEPS + 1))
+    assert [r["step"] for r in records if "valid_loss" in r] == [10, 20, 30]
 
 
-def test_resume_after_sigterm_matches(ws, reference, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_resume_after_sigterm_matches(ws, reference, tmp_path, sig):
+    """SIGTERM (SLURM, k8s) and Ctrl-C both save a checkpoint and exit 0; the resumed run matches."""
     out = tmp_path / "terminated"
     cmd = _args(ws, out)
     with Proc(torchrun_cmd(2, cmd), tmp_path / "first.txt") as p:
         p.wait_for("step 4/", timeout=TIMEOUT)
-        p.signal(signal.SIGTERM)  # to torchrun, which forwards it to the workers (as SLURM / k8s do)
+        p.signal(sig)  # to torchrun, which forwards it to the workers
         p.wait(TIMEOUT)
         first = p.output()
     m = re.search(r"stop signal received: saving at step (\d+)", first)

@@ -6,6 +6,7 @@ bias-dropout-add are identical and a ``GPTModel`` is built the same way for ever
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Optional
 
 from megatron.core.models.backends import LocalSpecProvider
@@ -15,6 +16,20 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 
 from .config import VersatileFFNConfig
 from .versatile_ffn import VersatileFFN, VersatileFFNSubmodules
+
+
+class _KnownMLPFilter(logging.Filter):
+    """``TransformerLayer`` warns "Unknown MLP type ... Using default kwargs" for every layer whose MLP class is
+    not one of megatron's own; our blocks take exactly those default kwargs by design (the TP group falls back
+    to megatron's default group, as megatron's MLP does), so the line is noise on every layer of every rank."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Unknown MLP type")
+
+
+_layer_logger = logging.getLogger("megatron.core.transformer.transformer_layer")
+if not any(isinstance(f, _KnownMLPFilter) for f in _layer_logger.filters):
+    _layer_logger.addFilter(_KnownMLPFilter())
 
 
 def get_dense_layer_spec() -> ModuleSpec:

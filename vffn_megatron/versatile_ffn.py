@@ -270,9 +270,9 @@ class VersatileFFN(SharedSwiGLU):
         acc, width_delta = self._first_loop(xs, self._local(w_full, x.dtype), top_idx, wide)
         u = xs + acc
         for i in range(2, D + 1):
-            n = n_at_least[i]  # identical on all TP ranks: same inputs, replicated router
-            if n == 0:
-                break
+            # Every loop runs, on an empty slice if no local token needs it: the number of FFN calls must not
+            # depend on this rank's data (ZeRO-3 gathers the weights per call; DP ranks would disagree).
+            n = n_at_least[i]
             f = self._loop(u[:n])
             u = u[:n] + f
             acc[:n] += f  # delta x_L - x, accumulated as deltas

@@ -2,6 +2,9 @@
 
 * ZeRO 0, 1, 2, 3 with 2 data-parallel ranks (fp32, gradient accumulation 2, clipping, aux loss);
 * TP=2 (DP=1), then, on rank 0 alone in a fresh world of 1, TP=1 with the same global batch;
+* ZeRO-3 with 2 data-parallel ranks and validation for every architecture; for VersatileFFN the eval depth
+  router is skewed per rank (rank 0's tokens all stop at loop 1, rank 1's all loop max_depth times), the case
+  where a data-dependent early exit makes the ranks disagree on ZeRO-3's parameter gathers;
 * a NaN injected into rank 1's loss at step 3: on_nonfinite=stop raises naming the step; skip drops
   the update (parameters unchanged across the step) at ZeRO 0-3 and training continues.
 
@@ -28,6 +31,7 @@ AUX = dict(vffn__max_depth=1, vffn__aux_loss_coeff=1.0, schedule__micro_batch_si
 
 
 def config(ws, root, name, **kw):
+    kw.setdefault("parallel__timeout_minutes", 2)  # a collective mismatch fails the test instead of hanging it
     return load_config(os.path.join(REPO, "configs", "tiny.yaml"),
                        run_overrides(ws, os.path.join(root, name), **kw) + ["logging.progress=none"])
 
@@ -53,6 +57,22 @@ def nan_hook(bad_step, gas, snapshots):
     return hook
 
 
+def eval_depth_skew_hook(model):
+    """Eval forwards only: every token of rank 0 chooses 1 loop, every token of rank 1 max_depth loops."""
+    from vffn_megatron import vffn_modules
+
+    for block in vffn_modules(model):
+        target = 0 if dist.get_rank() == 0 else block.max_depth - 1
+
+        def skew(mod, args, out, target=target):
+            if mod.training:
+                return out
+            logits = torch.full_like(out, -30.0)
+            logits[..., target] = 30.0
+            return logits + 0 * out
+        block.depth_router.register_forward_hook(skew)
+
+
 def main():
     ws, out_path, root = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3]
     rank = int(os.environ["RANK"])
@@ -65,6 +85,12 @@ def main():
             tokenizer, vocab = preflight(cfg)
         r = train(cfg, tokenizer, vocab)
         res[f"zero{stage}"] = {"losses": r.losses, "grad_norms": r.grad_norms}
+    # --- ZeRO-3, DP=2, validation every 2 steps, each architecture
+    for arch in ("vffn", "dense", "kloop", "moe"):
+        cfg = config(ws, root, f"z3eval_{arch}", parallel__zero_stage=3, model__arch=arch, schedule__train_steps=4,
+                     schedule__eval_interval=2, schedule__eval_iters=1)
+        r = train(cfg, tokenizer, vocab, model_hook=eval_depth_skew_hook if arch == "vffn" else None)
+        res[f"z3eval_{arch}"] = {"losses": r.losses, "valid": r.valid_losses}
     # --- non-finite loss: stop
     cfg = config(ws, root, "nan_stop", schedule__train_steps=4)
     try:
