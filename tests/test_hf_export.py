@@ -154,3 +154,13 @@ def test_tied_embeddings_round_trip(megatron_tp1, tmp_path):
     back = build_gpt_model(cfg, vffn_config()).eval()
     load_into_megatron(back, hf_to_megatron(hf.state_dict(), Arch.from_hf_config(hf.config)))
     assert torch.equal(megatron_logits(back, tokens), ref)
+
+
+def test_non_empty_output_names_the_cli_flag(tmp_path):
+    """The refusal names tools/export_hf.py's --overwrite (the keyword stays overwrite=)."""
+    from vffn_hf.export import save_hf_folder
+
+    (tmp_path / "old.txt").write_text("x")
+    with pytest.raises(FileExistsError, match=r"pass --overwrite \(overwrite=True from Python\)"):
+        save_hf_folder(tmp_path, {}, arch=None)
+    assert (tmp_path / "old.txt").exists()

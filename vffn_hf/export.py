@@ -173,7 +173,8 @@ def save_hf_folder(out_dir: Union[str, os.PathLike], hf_sd: StateDict, arch: Arc
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise FileExistsError(f"output directory {out} is not empty; choose a new one or pass overwrite")
+            raise FileExistsError(f"output directory {out} is not empty; choose a new one or pass --overwrite"
+                                  " (overwrite=True from Python)")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
