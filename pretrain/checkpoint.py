@@ -142,6 +142,22 @@ class Checkpointer:
     def __init__(self, cfg: RunConfig, world_size: int):
         self.cfg, self.dir, self.world_size = cfg, cfg.checkpoint_dir, world_size
         self.rank = dist.get_rank()
+        self.last_saved: Optional[int] = None  # step of the newest checkpoint of this run (or resumed from)
+
+    def should_save(self, step: int, last_step: bool = False, forced: bool = False) -> bool:
+        """Whether step ``step`` is saved: every checkpoint.interval steps, at the last step (save_at_end), or
+        ``forced`` (a stop signal); never twice for one step. The same answer on every rank."""
+        if self.last_saved == step:
+            return False
+        c = self.cfg.checkpoint
+        return bool(forced or (c.interval and step % c.interval == 0) or (last_step and c.save_at_end))
+
+    def maybe_save(self, engine, step: int, client_state, last_step: bool = False,
+                   forced: bool = False) -> Optional[str]:
+        """Save if :meth:`should_save` says so; ``client_state()`` builds the saved state. Returns the path."""
+        if not self.should_save(step, last_step, forced):
+            return None
+        return self.save(engine, step, client_state())
 
     def save(self, engine, step: int, client_state: dict) -> str:
         tag = tag_for(step)
@@ -160,6 +176,7 @@ class Checkpointer:
             _write_atomic(os.path.join(self.dir, LATEST), tag)
             self._prune(step)
         dist.barrier()
+        self.last_saved = step
         return path
 
     def _prune(self, latest_step: int) -> None:
@@ -175,7 +192,9 @@ class Checkpointer:
                                                     load_lr_scheduler_states=True)
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint {point.path}")
-        return client_state or {}
+        client_state = client_state or {}
+        self.last_saved = int(client_state.get("step", 0))
+        return client_state
 
 
 class StopSignal:

@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -55,12 +56,9 @@ def routing_stats(model: torch.nn.Module, dp_group) -> dict[int, dict]:
     return out
 
 
-# model.arch -> the name its router's load-balancing loss has in megatron's aux-loss tracker
-AUX_LOSS_NAMES = {"vffn": "vffn_load_balancing_loss", "moe": "load_balancing_loss"}
-
-
-def aux_losses(micro_batches: int, dp_group, name: str = AUX_LOSS_NAMES["vffn"]) -> Optional[list[float]]:
-    """Mean load-balancing loss per layer since the last call (megatron's aux-loss tracker), then clear it."""
+def aux_losses(micro_batches: int, dp_group, name: str) -> Optional[list[float]]:
+    """Mean load-balancing loss ``name`` per layer since the last call (megatron's aux-loss tracker), then
+    clear it (the names: pretrain.arch_hooks)."""
     from megatron.core.transformer.moe.moe_utils import clear_aux_losses_tracker, get_moe_layer_wise_logging_tracker
 
     tracker = get_moe_layer_wise_logging_tracker()
@@ -98,6 +96,23 @@ def truncate_jsonl(path: str, last_step: int) -> None:
     os.replace(tmp, path)
 
 
+@dataclass
+class StepRecord:
+    """One optimizer step's numbers, by name (step = completed updates, 1-based)."""
+
+    step: int
+    loss: float  # mean over the global batch; NaN for a skipped non-finite step
+    lr: float
+    grad_norm: Optional[float]
+    consumed_samples: int
+    skipped_steps: int
+    tokens: int  # tokens of the global batch
+
+    def jsonl(self) -> dict:
+        return {"step": self.step, "loss": self.loss, "lr": self.lr, "grad_norm": self.grad_norm,
+                "consumed_samples": self.consumed_samples, "skipped_steps": self.skipped_steps}
+
+
 class Metrics:
     def __init__(self, cfg: RunConfig, rank: int, start_step: int):
         self.cfg, self.rank = cfg, rank
@@ -127,20 +142,19 @@ class Metrics:
         self.window_start = step
 
     # ------------------------------------------------------------------ per step
-    def step(self, step: int, loss: float, lr: float, grad_norm: Optional[float], consumed: int, tokens: int,
-             skipped: int) -> None:
+    def step(self, rec: StepRecord) -> None:
         self.window_steps += 1
-        self.window_tokens += tokens
-        self.window_loss += loss
+        self.window_tokens += rec.tokens
+        self.window_loss += rec.loss
         if self.jsonl:
-            rec = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "consumed_samples": consumed,
-                   "skipped_steps": skipped}
-            self.jsonl.write(json.dumps(rec) + "\n")
+            self.jsonl.write(json.dumps(rec.jsonl()) + "\n")
             self.jsonl.flush()
 
-    def log(self, step: int, lr: float, grad_norm: Optional[float], consumed: int, skipped: int,
-            tau: Optional[float], routing: dict, aux: Optional[list[float]]) -> None:
-        """Write the window's scalars (called on every rank: the stats were reduced collectively)."""
+    def log(self, rec: StepRecord, tau: Optional[float] = None, routing: Optional[dict] = None,
+            aux: Optional[list[float]] = None) -> None:
+        """Write the window's scalars, ending at ``rec`` (called on every rank: the stats were reduced
+        collectively)."""
+        step, lr, grad_norm, routing = rec.step, rec.lr, rec.grad_norm, routing or {}
         if self.rank != 0 or self.window_steps == 0:
             self._reset_window(step)
             return
@@ -148,7 +162,7 @@ class Metrics:
         loss = self.window_loss / self.window_steps
         tok_s = self.window_tokens / dt
         scalars = {"train/loss": loss, "train/lr": lr, "train/tokens_per_sec": tok_s,
-                   "train/consumed_samples": consumed, "train/skipped_steps": skipped,
+                   "train/consumed_samples": rec.consumed_samples, "train/skipped_steps": rec.skipped_steps,
                    "train/step_time_sec": dt / self.window_steps}
         if grad_norm is not None:
             scalars["train/grad_norm"] = grad_norm

@@ -17,7 +17,8 @@ from . import checkpoint as ckpt
 from .config import RunConfig
 from .data import build_datasets, data_signature, loader, to_device
 from .engine import build_engine
-from .metrics import AUX_LOSS_NAMES, Metrics, aux_losses, routing_stats
+from .arch_hooks import ArchHooks, hooks_for
+from .metrics import Metrics, StepRecord
 
 
 class NonFiniteLossError(RuntimeError):
@@ -103,7 +104,7 @@ class _DroppedUpdate:
 
 
 @torch.no_grad()
-def evaluate(engine, valid_ds, cfg: RunConfig, dp_rank: int, dp_size: int) -> float:
+def evaluate(engine, valid_ds, cfg: RunConfig, dp_rank: int, dp_size: int, hooks: ArchHooks) -> float:
     s = cfg.schedule
     engine.eval()
     num = torch.zeros(2, dtype=torch.float64, device=engine.device)
@@ -112,10 +113,7 @@ def evaluate(engine, valid_ds, cfg: RunConfig, dp_rank: int, dp_size: int) -> fl
         num += torch.stack([loss_sum.double(), count.double()])
     dist.all_reduce(num)  # TP ranks add identical copies to numerator and denominator alike
     engine.train()
-    from vffn_megatron import vffn_modules
-
-    for m in vffn_modules(engine.module):  # eval routing is not training routing: drop it
-        m.pop_stats()
+    hooks.after_eval(engine.module)
     return float(num[0] / num[1].clamp_min(1))
 
 
@@ -144,6 +142,47 @@ def _agree(local: torch.Tensor, gas: int, world: int, stop_received) -> tuple[fl
     return float(flags[0]) / world, int(flags[1]), bool(flags[2] > 0)
 
 
+@dataclass
+class StepOutcome:
+    loss: float  # mean over the global batch; NaN when the step was non-finite (its update dropped)
+    nonfinite: int  # ranks with a non-finite loss
+    stop_requested: bool  # some rank received a stop signal
+    lr: float  # the rate this update used
+    grad_norm: Optional[float]
+
+
+def train_step(engine, batches, cfg: RunConfig, world: int, hooks: ArchHooks, step: int,
+               stop_received: bool) -> StepOutcome:
+    """The update with 0-based index ``step``: forward/backward of its micro-batches, agreement across ranks
+    (loss, non-finite, stop), then the optimizer step (dropped when the loss is non-finite in skip mode)."""
+    gas = cfg.grad_accum_steps(world)
+    hooks.before_step(engine.module, step)
+    local = _forward_backward(engine, batches, gas, engine.device)
+    mean_loss, nonfinite, stop_requested = _agree(local, gas, world, stop_received)
+    if nonfinite:
+        if cfg.on_nonfinite == "stop":
+            raise NonFiniteLossError(
+                f"non-finite training loss at step {step + 1} (on {nonfinite} of {world} ranks); the "
+                f"update was not applied. Lower optimizer.lr, check the data, resume from the last "
+                f"checkpoint, or set on_nonfinite=skip to drop such steps")
+        mean_loss = float("nan")
+    grad_norm = _tp_grad_norm(engine.module) if isinstance(engine.optimizer, torch.optim.Optimizer) else None
+    lr = engine.get_lr()[0]
+    with _DroppedUpdate(engine, active=nonfinite > 0):
+        engine.step()  # accumulation boundary: reduce, clip, update, LR schedule
+    if grad_norm is None:
+        grad_norm = engine.get_global_grad_norm()
+        grad_norm = float(grad_norm) if grad_norm is not None else None
+    return StepOutcome(mean_loss, nonfinite, stop_requested, lr, None if nonfinite else grad_norm)
+
+
+def _write_run_config(cfg: RunConfig, rank: int) -> None:
+    if rank == 0:
+        os.makedirs(cfg.output_dir, exist_ok=True)
+        with open(os.path.join(cfg.output_dir, "config.yaml"), "w") as f:
+            f.write(cfg.to_yaml())
+
+
 def train(cfg: RunConfig, tokenizer, vocab_size: int, resume: Optional[ckpt.ResumePoint] = None,
           model_hook: Optional[Callable] = None) -> RunResult:
     """Run (or continue) the configured training; the process group is set up here if needed.
@@ -152,28 +191,26 @@ def train(cfg: RunConfig, tokenizer, vocab_size: int, resume: Optional[ckpt.Resu
     inject faults)."""
     from megatron.core import parallel_state as ps
     from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler, clear_aux_losses_tracker
-    from vffn_megatron import set_vffn_step
 
     world = setup_parallel(cfg)
     rank = dist.get_rank()
-    dp_rank, dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
+    dp_rank, dp_size, dp_group = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size(), ps.get_data_parallel_group()
     gas = cfg.grad_accum_steps(world)
     s = cfg.schedule
+    hooks = hooks_for(cfg)
 
     model = build_model(cfg, vocab_size)
     if model_hook is not None:
         model_hook(model)
     engine = build_engine(cfg, model, world)
-    device = engine.device
     # DeepSpeed divides the loss by the accumulation steps in engine.backward; the router aux loss
     # injects its gradient directly, so it gets the same factor.
-    MoEAuxLossAutoScaler.set_loss_scale(torch.tensor(1.0 / gas, device=device))
+    MoEAuxLossAutoScaler.set_loss_scale(torch.tensor(1.0 / gas, device=engine.device))
     clear_aux_losses_tracker()
 
     checkpointer = ckpt.Checkpointer(cfg, world)
     result = RunResult()
     step, consumed = 0, 0
-    metrics_start = 0
     if resume is not None:
         state = checkpointer.load(engine, resume)
         step, consumed = int(state.get("step", 0)), int(state.get("consumed_samples", 0))
@@ -181,89 +218,61 @@ def train(cfg: RunConfig, tokenizer, vocab_size: int, resume: Optional[ckpt.Resu
         if rank == 0 and state.get("data_signature") not in (None, data_signature(cfg)):
             print(f"WARNING: the data configuration differs from the checkpoint's ({resume.path}); "
                   f"continuing at sample {consumed} of the new data order", flush=True)
-        metrics_start = step
     result.start_step = step
 
     train_ds, valid_ds = build_datasets(cfg, tokenizer, world)
     batches = iter(loader(train_ds, cfg, consumed, s.train_steps * s.global_batch_size, dp_rank, dp_size))
-    metrics = Metrics(cfg, rank, metrics_start)
+    metrics = Metrics(cfg, rank, step)
     if resume is not None:
         metrics.info(f"resumed from {resume.path} at step {step} ({consumed} samples consumed)")
-    if rank == 0:
-        os.makedirs(cfg.output_dir, exist_ok=True)
-        with open(os.path.join(cfg.output_dir, "config.yaml"), "w") as f:
-            f.write(cfg.to_yaml())
+    _write_run_config(cfg, rank)
 
     stop = ckpt.StopSignal().install() if cfg.checkpoint.save_on_sigterm else None
     tokens_per_step = s.global_batch_size * cfg.model.seq_length
-    last_saved = step if resume is not None else None
     timed_steps, timed_secs = 0, 0.0
     micro_since_log = 0
 
-    def save() -> None:
-        nonlocal last_saved
-        state = {"step": step, "consumed_samples": consumed, "skipped_steps": result.skipped_steps,
-                 "data_signature": data_signature(cfg), "config": cfg.to_dict()}
-        result.checkpoints.append(checkpointer.save(engine, step, state))
-        last_saved = step
-        metrics.info(f"saved checkpoint {result.checkpoints[-1]}")
+    def client_state() -> dict:
+        return {"step": step, "consumed_samples": consumed, "skipped_steps": result.skipped_steps,
+                "data_signature": data_signature(cfg), "config": cfg.to_dict()}
 
     try:
         engine.train()
         while step < s.train_steps:
             t0 = time.perf_counter()
-            set_vffn_step(engine.module, step, cfg.seed)
-            local = _forward_backward(engine, batches, gas, device)
-            mean_loss, nonfinite, stop_requested = _agree(local, gas, world, stop is not None and stop.received)
-            if nonfinite:
-                if cfg.on_nonfinite == "stop":
-                    raise NonFiniteLossError(
-                        f"non-finite training loss at step {step + 1} (on {nonfinite} of {world} ranks); the "
-                        f"update was not applied. Lower optimizer.lr, check the data, resume from the last "
-                        f"checkpoint, or set on_nonfinite=skip to drop such steps")
-                mean_loss = float("nan")
-            grad_norm = _tp_grad_norm(engine.module) if isinstance(engine.optimizer, torch.optim.Optimizer) else None
-            lr = engine.get_lr()[0]  # the rate this update uses
-            with _DroppedUpdate(engine, active=nonfinite > 0):
-                engine.step()  # accumulation boundary: reduce, clip, update, LR schedule
-            if grad_norm is None:
-                grad_norm = engine.get_global_grad_norm()
-                grad_norm = float(grad_norm) if grad_norm is not None else None
-            if nonfinite:
+            out = train_step(engine, batches, cfg, world, hooks, step, stop is not None and stop.received)
+            if out.nonfinite:
                 result.skipped_steps += 1
                 metrics.info(f"WARNING: non-finite loss at step {step + 1}: update skipped "
                              f"({result.skipped_steps} skipped so far)")
-                grad_norm = None
             step += 1
             consumed += s.global_batch_size
             micro_since_log += gas
             dt = time.perf_counter() - t0
             if step > result.start_step + 1:
                 timed_steps, timed_secs = timed_steps + 1, timed_secs + dt
-            tau = cfg.vffn.tau(step - 1) if cfg.is_vffn else None
-            result.losses[step] = mean_loss
-            result.grad_norms[step] = grad_norm
-            metrics.step(step, mean_loss, lr, grad_norm, consumed, tokens_per_step, result.skipped_steps)
+            rec = StepRecord(step, out.loss, out.lr, out.grad_norm, consumed, result.skipped_steps, tokens_per_step)
+            result.losses[step] = out.loss
+            result.grad_norms[step] = out.grad_norm
+            metrics.step(rec)
             if step % cfg.logging.log_interval == 0 or step == s.train_steps:
-                routing = routing_stats(engine.module, ps.get_data_parallel_group()) if cfg.is_vffn else {}
-                aux = (aux_losses(micro_since_log, ps.get_data_parallel_group(), AUX_LOSS_NAMES[cfg.model.arch])
-                       if cfg.model.arch in AUX_LOSS_NAMES else None)
+                routing = hooks.routing(engine.module, dp_group)
+                aux = hooks.aux_losses(micro_since_log, dp_group)
                 micro_since_log = 0
-                metrics.log(step, lr, grad_norm, consumed, result.skipped_steps, tau, routing, aux)
+                metrics.log(rec, tau=hooks.tau(step - 1), routing=routing, aux=aux)
             if valid_ds is not None and (step % s.eval_interval == 0 or step == s.train_steps):
-                result.valid_losses[step] = evaluate(engine, valid_ds, cfg, dp_rank, dp_size)
+                result.valid_losses[step] = evaluate(engine, valid_ds, cfg, dp_rank, dp_size, hooks)
                 metrics.valid(step, result.valid_losses[step])
-            if cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0:
-                save()
-            if stop_requested:
+            if out.stop_requested:
                 metrics.info(f"stop signal received: saving at step {step} and exiting")
-                if last_saved != step:
-                    save()
+            saved = checkpointer.maybe_save(engine, step, client_state, last_step=step == s.train_steps,
+                                            forced=out.stop_requested)
+            if saved:
+                result.checkpoints.append(saved)
+                metrics.info(f"saved checkpoint {saved}")
+            if out.stop_requested:
                 result.stopped_by_signal = True
                 break
-        else:
-            if cfg.checkpoint.save_at_end and last_saved != step:
-                save()
     finally:
         if stop:
             stop.uninstall()
