@@ -21,10 +21,11 @@ from typing import Optional
 
 import torch.distributed as dist
 
+from vffn_megatron.config import VersatileFFNConfig
+
 from .config import ConfigError, RunConfig
 
 LATEST = "latest"
-ARCH_VFFN_KEYS = ("num_experts", "top_k", "max_depth")
 _TAG_RE = re.compile(r"^step_(\d+)$")
 
 
@@ -123,7 +124,7 @@ def check_same_model(point: ResumePoint, cfg: RunConfig) -> None:
             diff.append(f"{section}: {'null' if not a else 'set'} -> {'null' if not b else 'set'}")
             continue
         # tau / aux coeff / recompute may change; the rest shapes the weights or the function
-        keys = {"model": sorted(set(a) | set(b)), "vffn": ARCH_VFFN_KEYS, "kloop": ["loops"],
+        keys = {"model": sorted(set(a) | set(b)), "vffn": VersatileFFNConfig.ARCH_FIELDS, "kloop": ["loops"],
                 "moe": ["num_experts", "top_k"]}[section]
         diff += [f"{section}.{k} {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
     if diff:

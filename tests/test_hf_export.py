@@ -16,11 +16,11 @@ GEN = 32
 
 
 def _export(model, kind, out, **kw):
-    from vffn_hf.convert import Arch, megatron_to_hf
+    from vffn_hf.convert import megatron_to_hf
     from vffn_hf.export import save_hf_folder
 
-    arch = Arch.from_megatron(gpt_config(), vffn_config() if kind == "vffn" else None)
-    return save_hf_folder(out, megatron_to_hf(model.state_dict(), arch), arch, **kw)
+    m, v = gpt_config(), vffn_config() if kind == "vffn" else None
+    return save_hf_folder(out, megatron_to_hf(model.state_dict(), m, v), m, v, **kw)
 
 
 def _load(path, dtype=None):
@@ -134,7 +134,7 @@ def test_tied_embeddings_round_trip(megatron_tp1, tmp_path):
     """untie_embeddings_and_output_weights=False: HF ties lm_head to the embedding; import reproduces the model."""
     from transformers import AutoModelForCausalLM
 
-    from vffn_hf.convert import Arch, hf_to_megatron, load_into_megatron, megatron_to_hf
+    from vffn_hf.convert import from_hf_config, hf_to_megatron, load_into_megatron, megatron_to_hf
     from vffn_hf.export import save_hf_folder
     from vffn_hf.parity import megatron_logits
     from vffn_megatron import build_gpt_model, init_megatron
@@ -143,8 +143,7 @@ def test_tied_embeddings_round_trip(megatron_tp1, tmp_path):
     cfg.untie_embeddings_and_output_weights = False
     init_megatron(1, 3)
     mg = build_gpt_model(cfg, vffn_config()).eval()
-    arch = Arch.from_megatron(cfg, vffn_config())
-    out = save_hf_folder(tmp_path / "hf", megatron_to_hf(mg.state_dict(), arch), arch)
+    out = save_hf_folder(tmp_path / "hf", megatron_to_hf(mg.state_dict(), cfg, vffn_config()), cfg, vffn_config())
     hf = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
     assert hf.config.tie_word_embeddings and hf.lm_head.weight.data_ptr() == hf.model.embed_tokens.weight.data_ptr()
     tokens = batch()
@@ -152,7 +151,7 @@ def test_tied_embeddings_round_trip(megatron_tp1, tmp_path):
     with torch.no_grad():
         assert (hf(tokens).logits - ref).abs().max().item() <= TOL
     back = build_gpt_model(cfg, vffn_config()).eval()
-    load_into_megatron(back, hf_to_megatron(hf.state_dict(), Arch.from_hf_config(hf.config)))
+    load_into_megatron(back, hf_to_megatron(hf.state_dict(), *from_hf_config(hf.config)))
     assert torch.equal(megatron_logits(back, tokens), ref)
 
 
@@ -162,5 +161,5 @@ def test_non_empty_output_names_the_cli_flag(tmp_path):
 
     (tmp_path / "old.txt").write_text("x")
     with pytest.raises(FileExistsError, match=r"pass --overwrite \(overwrite=True from Python\)"):
-        save_hf_folder(tmp_path, {}, arch=None)
+        save_hf_folder(tmp_path, {}, model=None)
     assert (tmp_path / "old.txt").exists()

@@ -18,11 +18,11 @@ TOL = 1e-4
 @pytest.fixture(scope="module")
 def tp2(tmp_path_factory):
     """Run tests/scripts/hf_tp_export.py once on 2 ranks; returns (dir, results, dense HF model, upcycled sd)."""
-    from vffn_hf.convert import Arch, hf_to_megatron
+    from vffn_hf.convert import from_hf_config, hf_to_megatron
 
     d = tmp_path_factory.mktemp("hf_tp2")
     dense = dense_hf_model()
-    upcycled = hf_to_megatron(dense.state_dict(), Arch.from_hf_config(dense.config), target_vffn=vffn_config().__dict__)
+    upcycled = hf_to_megatron(dense.state_dict(), *from_hf_config(dense.config), target_vffn=vffn_config())
     torch.save(upcycled, d / "upcycled.pt")
     torchrun("tests/scripts/hf_tp_export.py", 2, str(d), str(d / "upcycled.pt"), timeout=400)
     return d, torch.load(d / "results.pt"), dense, upcycled
@@ -37,11 +37,11 @@ def _merged(d, what):
 def _export_load(sd, kind, out):
     from transformers import AutoModelForCausalLM
 
-    from vffn_hf.convert import Arch, megatron_to_hf
+    from vffn_hf.convert import megatron_to_hf
     from vffn_hf.export import save_hf_folder
 
-    arch = Arch.from_megatron(gpt_config(), vffn_config() if kind == "vffn" else None)
-    save_hf_folder(out, megatron_to_hf(sd, arch), arch)
+    m, v = gpt_config(), vffn_config() if kind == "vffn" else None
+    save_hf_folder(out, megatron_to_hf(sd, m, v), m, v)
     return AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
 
 
@@ -83,7 +83,7 @@ def _dense_weights_reproduced(dense_sd, vffn_hf_sd):
 
 
 def test_upcycle_tp2_round_trip_and_parity(tp2, megatron_tp1, tmp_path):
-    from vffn_hf.convert import Arch, megatron_to_hf
+    from vffn_hf.convert import megatron_to_hf
 
     d, res, dense, upcycled = tp2
     merged = _merged(d, "upcycled")
@@ -91,8 +91,7 @@ def test_upcycle_tp2_round_trip_and_parity(tp2, megatron_tp1, tmp_path):
         assert torch.equal(merged[k], v), k
     hf = _export_load(merged, "vffn", tmp_path / "hf")
     _dense_weights_reproduced(dense.state_dict(), hf.state_dict())
-    _dense_weights_reproduced(dense.state_dict(), megatron_to_hf(merged, Arch.from_megatron(gpt_config(),
-                                                                                            vffn_config())))
+    _dense_weights_reproduced(dense.state_dict(), megatron_to_hf(merged, gpt_config(), vffn_config()))
     with torch.no_grad():
         diff = (hf(batch()).logits - res["upcycled_logits"]).abs().max().item()
     print(f"[parity] upcycled TP=2 -> HF: max abs logit diff {diff:.3e}")

@@ -53,7 +53,7 @@ def main(argv=None) -> int:
 
     t0 = time.time()
     try:
-        step_dir, cfg, arch, sd = load_checkpoint(args.checkpoint, args.step)
+        step_dir, cfg, model, vffn, sd = load_checkpoint(args.checkpoint, args.step)
         tok = None
         if not args.no_tokenizer:
             tok = Path(args.tokenizer) if args.tokenizer else tokenizer_path(cfg)
@@ -61,20 +61,20 @@ def main(argv=None) -> int:
                 raise CheckpointError(
                     f"tokenizer {args.tokenizer or (cfg.get('data') or {}).get('tokenizer')!r} not found: pass "
                     f"--tokenizer DIR (the directory the data was tokenized with) or --no-tokenizer")
-        info = summary(step_dir, cfg, arch)
+        info = summary(step_dir, cfg, model)
         print("checkpoint: " + ", ".join(f"{k}={v}" for k, v in info.items()), flush=True)
-        out = save_hf_folder(args.output, megatron_to_hf(sd, arch), arch, dtype=args.dtype, tokenizer=tok,
-                             max_shard_size=args.max_shard_size, overwrite=args.overwrite)
+        out = save_hf_folder(args.output, megatron_to_hf(sd, model, vffn), model, vffn, dtype=args.dtype,
+                             tokenizer=tok, max_shard_size=args.max_shard_size, overwrite=args.overwrite)
     except (CheckpointError, ConversionError, FileExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    kind = "VersatileFFNLlamaForCausalLM (trust_remote_code=True)" if arch.vffn else "LlamaForCausalLM"
+    kind = "VersatileFFNLlamaForCausalLM (trust_remote_code=True)" if vffn is not None else "LlamaForCausalLM"
     print(f"exported {kind} to {out} in {time.time() - t0:.1f}s", flush=True)
 
     if args.verify:
         from vffn_hf.parity import verify_export
 
-        res = verify_export(sd, arch, out, vffn_fields=cfg.get("vffn"))
+        res = verify_export(sd, model, vffn, out)
         tol = 1e-4 if args.dtype == "fp32" else None
         ok = res["greedy_equal"] and (tol is None or res["max_abs_logit_diff"] <= tol)
         print(f"verify: max abs logit diff {res['max_abs_logit_diff']:.3e} (megatron TP=1 vs transformers), greedy "

@@ -43,7 +43,8 @@ def load_model(checkpoint: str, step: int | None = None):
     if raw["model"].get("arch", "vffn") != "vffn":
         raise RoutingError(f"{step_dir} is a model.arch={raw['model'].get('arch')!r} checkpoint: routing pictures "
                            f"need a VersatileFFN (arch: vffn) model")
-    _, raw, _, sd = load_checkpoint(step_dir)
+    ckpt = load_checkpoint(step_dir)
+    raw, sd = ckpt.config, ckpt.state_dict
     try:
         cfg = from_dict(raw)
     except ConfigError as e:

@@ -1,8 +1,12 @@
 """megatron-core GPTModel state dicts <-> Hugging Face Llama / VersatileFFN-Llama state dicts.
 
-Pure tensor bookkeeping (no megatron import), in three layers:
+Pure tensor bookkeeping (no megatron import). The architecture is the trainer's own ``GPTConfig`` plus a
+``VersatileFFNConfig`` (None: the dense baseline), as ``vffn_megatron.model.build_gpt_model`` takes them.
 
-* :class:`Arch` - the architecture facts a conversion needs, from the trainer's model config or an HF config;
+* :data:`TENSORS` - the one table: every tensor's megatron name, HF name(s), shape and tensor-parallel split,
+  templated by layer. Both conversion directions, the expected shapes of both sides, the TP split / merge
+  rules and the routers an upcycled model keeps are read from it;
+* :func:`hf_config_fields` / :func:`from_hf_config` - the trainer's configs <-> an HF ``LlamaConfig``;
 * :func:`merge_tp_shards` / :func:`split_tp` - per-tensor-parallel-rank megatron state dicts <-> the full one;
 * :func:`megatron_to_hf` / :func:`hf_to_megatron` - renaming and re-laying out the full tensors.
 
@@ -20,10 +24,13 @@ Layout facts (megatron-core 0.16.1, local layer spec):
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
+
+from vffn_megatron.config import VersatileFFNConfig
+from vffn_megatron.model import GPTConfig
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -32,89 +39,182 @@ class ConversionError(ValueError):
     """A checkpoint that does not fit the expected architecture; the message says what differs."""
 
 
-# ----------------------------------------------------------------------------------------- architecture
-@dataclass
-class Arch:
-    """What a conversion needs to know; ``vffn`` is None for the dense baseline."""
+# ----------------------------------------------------------------------------------------- the table
+@dataclass(frozen=True)
+class TensorRow:
+    """One megatron tensor and its HF counterpart(s). ``{i}`` in a name is the layer index."""
 
-    num_layers: int
-    hidden_size: int
-    num_attention_heads: int
-    ffn_hidden_size: int
-    vocab_size: int
-    num_query_groups: Optional[int] = None
-    seq_length: int = 2048
-    rotary_base: float = 10000
-    norm_epsilon: float = 1e-5
-    untie_embeddings_and_output_weights: bool = True
-    vffn: Optional[dict] = None  # {"num_experts", "top_k", "max_depth"}
-    extra: dict = field(default_factory=dict)
+    megatron: str
+    hf: Tuple[str, ...]  # several: the megatron tensor is split (``split``) into these, in this order
+    shape: Tuple[str, ...]  # megatron shape, in the named sizes of :func:`_sizes`
+    tp: Optional[str] = None  # "column" (split on dim 0), "row" (dim 1), None (replicated)
+    split: Optional[str] = None  # the only two re-layouts: "qkv" (per query group), "gated" ([gate; up])
+    only: Optional[str] = None  # present only for "untied" embeddings, "dense" or "vffn" FFNs
 
-    @property
-    def groups(self) -> int:
-        return self.num_query_groups or self.num_attention_heads
 
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+_M, _H = "decoder.layers.{i}.", "model.layers.{i}."
+TENSORS: Tuple[TensorRow, ...] = (
+    TensorRow("embedding.word_embeddings.weight", ("model.embed_tokens.weight",), ("vocab", "hidden"), tp="column"),
+    TensorRow("decoder.final_layernorm.weight", ("model.norm.weight",), ("hidden",)),
+    TensorRow("output_layer.weight", ("lm_head.weight",), ("vocab", "hidden"), tp="column", only="untied"),
+    TensorRow(_M + "input_layernorm.weight", (_H + "input_layernorm.weight",), ("hidden",)),
+    TensorRow(_M + "self_attention.linear_qkv.weight",
+              (_H + "self_attn.q_proj.weight", _H + "self_attn.k_proj.weight", _H + "self_attn.v_proj.weight"),
+              ("qkv", "hidden"), tp="column", split="qkv"),
+    TensorRow(_M + "self_attention.linear_proj.weight", (_H + "self_attn.o_proj.weight",), ("hidden", "attn"),
+              tp="row"),
+    TensorRow(_M + "mlp.linear_fc1.weight", (_H + "mlp.gate_proj.weight", _H + "mlp.up_proj.weight"),
+              ("gate+up", "hidden"), tp="column", split="gated"),
+    TensorRow(_M + "mlp.linear_fc2.weight", (_H + "mlp.down_proj.weight",), ("hidden", "ffn"), tp="row"),
+    TensorRow(_M + "pre_mlp_layernorm.weight", (_H + "post_attention_layernorm.weight",), ("hidden",), only="dense"),
+    TensorRow(_M + "mlp.norm.weight", (_H + "mlp.norm.weight",), ("hidden",), only="vffn"),
+    TensorRow(_M + "mlp.router.weight", (_H + "mlp.router.weight",), ("experts", "hidden"), only="vffn"),
+    TensorRow(_M + "mlp.depth_router.weight", (_H + "mlp.depth_router.weight",), ("depth", "hidden"), only="vffn"),
+)
+# Upcycling (dense -> VersatileFFN): the dense post-attention norm becomes the block's own norm; the other
+# VersatileFFN-only tensors (the routers) have no dense source and keep the target model's initialisation.
+UPCYCLED = {_M + "pre_mlp_layernorm.weight": _M + "mlp.norm.weight"}
 
-    @classmethod
-    def from_megatron(cls, model_cfg, vffn_cfg=None, vocab_size: Optional[int] = None) -> "Arch":
-        """From a ``GPTConfig``-like object (attributes or a dict) and a ``VersatileFFNConfig``-like one or None."""
-        get = (lambda k, d=None: model_cfg.get(k, d)) if isinstance(model_cfg, dict) else \
-            (lambda k, d=None: getattr(model_cfg, k, d))
-        vffn = None
-        if vffn_cfg is not None:
-            vget = (lambda k: vffn_cfg[k]) if isinstance(vffn_cfg, dict) else (lambda k: getattr(vffn_cfg, k))
-            vffn = {k: int(vget(k)) for k in ("num_experts", "top_k", "max_depth")}
-        vocab = vocab_size if vocab_size is not None else get("vocab_size")
-        if vocab is None:
-            raise ConversionError("the model's vocab_size is unknown (config has vocab_size: null); pass it explicitly")
-        return cls(num_layers=get("num_layers"), hidden_size=get("hidden_size"),
-                   num_attention_heads=get("num_attention_heads"), num_query_groups=get("num_query_groups"),
-                   ffn_hidden_size=get("ffn_hidden_size"), vocab_size=int(vocab), seq_length=get("seq_length", 2048),
-                   rotary_base=get("rotary_base", 10000), norm_epsilon=get("norm_epsilon", 1e-5),
-                   untie_embeddings_and_output_weights=get("untie_embeddings_and_output_weights", True), vffn=vffn)
 
-    @classmethod
-    def from_hf_config(cls, cfg) -> "Arch":
-        """From a ``LlamaConfig`` (or the VersatileFFN subclass); refuses Llama variants megatron's spec lacks."""
-        def refuse(why):
-            raise ConversionError(f"cannot convert this HF model: {why}")
+def query_groups(m: GPTConfig) -> int:
+    return m.num_query_groups or m.num_attention_heads
 
-        if getattr(cfg, "hidden_act", "silu") != "silu":
-            refuse(f"hidden_act={cfg.hidden_act!r} (only SwiGLU with silu is supported)")
-        if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
-            refuse("attention_bias / mlp_bias are set (the megatron models are bias-free)")
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        if head_dim * cfg.num_attention_heads != cfg.hidden_size:
-            refuse(f"head_dim ({head_dim}) x num_attention_heads ({cfg.num_attention_heads}) != hidden_size "
-                   f"({cfg.hidden_size})")
-        rope = dict(getattr(cfg, "rope_parameters", None) or {})
-        if rope.get("rope_type", "default") != "default":
-            refuse(f"rope_type={rope['rope_type']!r} (only plain RoPE is supported)")
-        if rope.get("partial_rotary_factor", 1.0) != 1.0:
-            refuse("partial_rotary_factor != 1")
-        theta = rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
-        vffn = None
-        if getattr(cfg, "vffn_num_experts", None) is not None:
-            vffn = {"num_experts": cfg.vffn_num_experts, "top_k": cfg.vffn_top_k, "max_depth": cfg.vffn_max_depth}
-        kv = cfg.num_key_value_heads or cfg.num_attention_heads
-        return cls(num_layers=cfg.num_hidden_layers, hidden_size=cfg.hidden_size,
-                   num_attention_heads=cfg.num_attention_heads,
-                   num_query_groups=None if kv == cfg.num_attention_heads else kv,
-                   ffn_hidden_size=cfg.intermediate_size, vocab_size=cfg.vocab_size,
-                   seq_length=cfg.max_position_embeddings, rotary_base=theta, norm_epsilon=cfg.rms_norm_eps,
-                   untie_embeddings_and_output_weights=not cfg.tie_word_embeddings, vffn=vffn)
 
-    def with_vffn(self, vffn: Optional[dict]) -> "Arch":
-        return Arch(**{**self.__dict__, "vffn": dict(vffn) if vffn else None})
+def head_dim(m: GPTConfig) -> int:
+    return m.hidden_size // m.num_attention_heads
+
+
+def _vocab(m: GPTConfig) -> int:
+    if m.vocab_size is None:
+        raise ConversionError("the model's vocab_size is unknown (config has vocab_size: null); pass it explicitly")
+    return int(m.vocab_size)
+
+
+def _sizes(m: GPTConfig, v: Optional[VersatileFFNConfig]) -> Dict[str, int]:
+    hd = head_dim(m)
+    sizes = {"vocab": _vocab(m), "hidden": m.hidden_size, "attn": m.num_attention_heads * hd,
+             "qkv": (m.num_attention_heads + 2 * query_groups(m)) * hd, "ffn": m.ffn_hidden_size,
+             "gate+up": 2 * m.ffn_hidden_size}
+    if v is not None:
+        sizes.update(experts=v.num_experts, depth=v.max_depth)
+    return sizes
+
+
+def _present(t: TensorRow, m: GPTConfig, v: Optional[VersatileFFNConfig]) -> bool:
+    return {None: True, "untied": m.untie_embeddings_and_output_weights, "dense": v is None,
+            "vffn": v is not None}[t.only]
+
+
+def _at(template: str, i: Optional[int]) -> str:
+    return template if i is None else template.format(i=i)
+
+
+def _expand(m: GPTConfig, v: Optional[VersatileFFNConfig]) -> Iterator[Tuple[TensorRow, Optional[int]]]:
+    """(row, layer index or None) of every tensor of the architecture: the global ones, then layer by layer."""
+    rows = [t for t in TENSORS if _present(t, m, v)]
+    yield from ((t, None) for t in rows if "{i}" not in t.megatron)
+    for i in range(m.num_layers):
+        yield from ((t, i) for t in rows if "{i}" in t.megatron)
+
+
+def _to_hf(t: TensorRow, w: torch.Tensor, m: GPTConfig) -> List[torch.Tensor]:
+    if t.split == "qkv":
+        groups, hd, heads = query_groups(m), head_dim(m), m.num_attention_heads
+        per = heads // groups
+        w = w.view(groups, per + 2, hd, -1)
+        return [w[:, :per].reshape(heads * hd, -1), w[:, per].reshape(groups * hd, -1),
+                w[:, per + 1].reshape(groups * hd, -1)]
+    if t.split == "gated":
+        return list(w.chunk(2, dim=0))
+    return [w]
+
+
+def _to_megatron(t: TensorRow, parts: List[torch.Tensor], m: GPTConfig) -> torch.Tensor:
+    if t.split == "qkv":
+        groups, hd = query_groups(m), head_dim(m)
+        q, k, v = parts
+        d = q.shape[-1]
+        return torch.cat([q.view(groups, -1, hd, d), k.view(groups, 1, hd, d), v.view(groups, 1, hd, d)],
+                         dim=1).reshape(-1, d)
+    if t.split == "gated":
+        return torch.cat(parts)
+    return parts[0]
+
+
+def megatron_shapes(m: GPTConfig, v: Optional[VersatileFFNConfig] = None) -> Dict[str, tuple]:
+    """Name -> shape of every tensor of the full (TP=1) megatron model."""
+    sizes = _sizes(m, v)
+    return {_at(t.megatron, i): tuple(sizes[s] for s in t.shape) for t, i in _expand(m, v)}
+
+
+def hf_shapes(m: GPTConfig, v: Optional[VersatileFFNConfig] = None) -> Dict[str, tuple]:
+    """Name -> shape of every tensor of the HF model (``lm_head.weight`` included when tied): the megatron
+    shapes carried through the conversion itself, on meta tensors."""
+    meta = {k: torch.empty(s, device="meta") for k, s in megatron_shapes(m, v).items()}
+    return {k: tuple(x.shape) for k, x in _megatron_to_hf(meta, m, v).items()}
+
+
+# ----------------------------------------------------------------------------------------- configs
+# GPTConfig field -> LlamaConfig attribute, where the value carries over as it is.
+_CONFIG_NAMES = {"num_layers": "num_hidden_layers", "hidden_size": "hidden_size",
+                 "num_attention_heads": "num_attention_heads", "ffn_hidden_size": "intermediate_size",
+                 "vocab_size": "vocab_size", "seq_length": "max_position_embeddings", "norm_epsilon": "rms_norm_eps"}
+# VersatileFFNLlamaConfig.vffn_<name> is VersatileFFNConfig.<name>, for the fields that shape the weights.
+HF_VFFN_PREFIX = "vffn_"
+
+
+def hf_config_fields(m: GPTConfig, v: Optional[VersatileFFNConfig] = None) -> dict:
+    """The ``LlamaConfig`` / ``VersatileFFNLlamaConfig`` keyword arguments that describe this architecture."""
+    fields = {hf: getattr(m, name) for name, hf in _CONFIG_NAMES.items()}
+    fields.update(vocab_size=_vocab(m), num_key_value_heads=query_groups(m), head_dim=head_dim(m),
+                  tie_word_embeddings=not m.untie_embeddings_and_output_weights,
+                  rope_parameters={"rope_type": "default", "rope_theta": float(m.rotary_base)},
+                  hidden_act="silu", attention_bias=False, mlp_bias=False)
+    if v is not None:
+        fields.update({HF_VFFN_PREFIX + k: getattr(v, k) for k in VersatileFFNConfig.ARCH_FIELDS})
+    return fields
+
+
+def from_hf_config(cfg) -> Tuple[GPTConfig, Optional[VersatileFFNConfig]]:
+    """(GPTConfig, VersatileFFNConfig or None) of a ``LlamaConfig`` (or the VersatileFFN subclass); refuses
+    Llama variants megatron's spec lacks. The VersatileFFNConfig carries the HF model's block shape; its
+    training-only fields (temperature schedule, aux loss, recompute) are the defaults."""
+    def refuse(why):
+        raise ConversionError(f"cannot convert this HF model: {why}")
+
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        refuse(f"hidden_act={cfg.hidden_act!r} (only SwiGLU with silu is supported)")
+    if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
+        refuse("attention_bias / mlp_bias are set (the megatron models are bias-free)")
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    if hd * cfg.num_attention_heads != cfg.hidden_size:
+        refuse(f"head_dim ({hd}) x num_attention_heads ({cfg.num_attention_heads}) != hidden_size "
+               f"({cfg.hidden_size})")
+    rope = dict(getattr(cfg, "rope_parameters", None) or {})
+    if rope.get("rope_type", "default") != "default":
+        refuse(f"rope_type={rope['rope_type']!r} (only plain RoPE is supported)")
+    if rope.get("partial_rotary_factor", 1.0) != 1.0:
+        refuse("partial_rotary_factor != 1")
+    kv = cfg.num_key_value_heads or cfg.num_attention_heads
+    model = GPTConfig(**{name: getattr(cfg, hf) for name, hf in _CONFIG_NAMES.items()},
+                      num_query_groups=None if kv == cfg.num_attention_heads else kv,
+                      rotary_base=rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0)),
+                      untie_embeddings_and_output_weights=not cfg.tie_word_embeddings)
+    vffn = None
+    if getattr(cfg, HF_VFFN_PREFIX + VersatileFFNConfig.ARCH_FIELDS[0], None) is not None:
+        vffn = VersatileFFNConfig(**{k: getattr(cfg, HF_VFFN_PREFIX + k) for k in VersatileFFNConfig.ARCH_FIELDS})
+    return model, vffn
 
 
 # ----------------------------------------------------------------------------------------- tensor parallelism
-_COLUMN = re.compile(r"(self_attention\.linear_qkv|mlp\.linear_fc1|output_layer|embedding\.word_embeddings)\.weight$")
-_ROW = re.compile(r"(self_attention\.linear_proj|mlp\.linear_fc2)\.weight$")
-_GATED = re.compile(r"mlp\.linear_fc1\.weight$")
+def _name_pattern(rows) -> "re.Pattern":
+    """The names of these rows (layer ones by their part after the layer prefix) at the end of a key."""
+    return re.compile("(" + "|".join(re.escape(t.megatron.split("{i}.")[-1]) for t in rows) + ")$")
+
+
+_COLUMN = _name_pattern([t for t in TENSORS if t.tp == "column"])
+_ROW = _name_pattern([t for t in TENSORS if t.tp == "row"])
+_GATED = _name_pattern([t for t in TENSORS if t.split == "gated"])
 
 
 def _drop_extra_state(sd: StateDict) -> StateDict:
@@ -185,45 +285,10 @@ def _chunk(name: str, t: torch.Tensor, tp: int, dim: int) -> List[torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------------------- megatron <-> HF
-def _qkv_split(w: torch.Tensor, a: Arch):
-    per = a.num_attention_heads // a.groups
-    w = w.view(a.groups, per + 2, a.head_dim, -1)
-    return (w[:, :per].reshape(a.num_attention_heads * a.head_dim, -1),
-            w[:, per].reshape(a.groups * a.head_dim, -1), w[:, per + 1].reshape(a.groups * a.head_dim, -1))
-
-
-def _qkv_join(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: Arch) -> torch.Tensor:
-    per, hd = a.num_attention_heads // a.groups, a.head_dim
-    d = q.shape[-1]
-    return torch.cat([q.view(a.groups, per, hd, d), k.view(a.groups, 1, hd, d), v.view(a.groups, 1, hd, d)],
-                     dim=1).reshape(-1, d)
-
-
-def _expected_shapes_megatron(a: Arch) -> Dict[str, tuple]:
-    d, f, hd = a.hidden_size, a.ffn_hidden_size, a.head_dim
-    shapes = {"embedding.word_embeddings.weight": (a.vocab_size, d), "decoder.final_layernorm.weight": (d,)}
-    if a.untie_embeddings_and_output_weights:
-        shapes["output_layer.weight"] = (a.vocab_size, d)
-    for i in range(a.num_layers):
-        p = f"decoder.layers.{i}."
-        shapes[p + "input_layernorm.weight"] = (d,)
-        shapes[p + "self_attention.linear_qkv.weight"] = ((a.num_attention_heads + 2 * a.groups) * hd, d)
-        shapes[p + "self_attention.linear_proj.weight"] = (d, a.num_attention_heads * hd)
-        shapes[p + "mlp.linear_fc1.weight"] = (2 * f, d)
-        shapes[p + "mlp.linear_fc2.weight"] = (d, f)
-        if a.vffn:
-            shapes[p + "mlp.norm.weight"] = (d,)
-            shapes[p + "mlp.router.weight"] = (a.vffn["num_experts"], d)
-            shapes[p + "mlp.depth_router.weight"] = (a.vffn["max_depth"], d)
-        else:
-            shapes[p + "pre_mlp_layernorm.weight"] = (d,)
-    return shapes
-
-
-def _check(sd: StateDict, expected: Dict[str, tuple], what: str, optional: tuple = ()) -> None:
+def _check(sd: StateDict, expected: Dict[str, tuple], what: str) -> None:
     """Every expected tensor present with its shape, nothing unexpected: a wrong-architecture checkpoint fails
     here, naming keys, rather than converting into a silently different model."""
-    missing = [k for k in expected if k not in sd and k not in optional]
+    missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
     wrong = [f"{k}: {tuple(sd[k].shape)} != expected {expected[k]}" for k in expected
              if k in sd and tuple(sd[k].shape) != tuple(expected[k])]
@@ -241,94 +306,49 @@ def _check(sd: StateDict, expected: Dict[str, tuple], what: str, optional: tuple
         raise ConversionError(f"{what} does not match the architecture{hint}: " + " | ".join(lines))
 
 
-def megatron_to_hf(sd: StateDict, a: Arch) -> StateDict:
+def _megatron_to_hf(sd: StateDict, m: GPTConfig, v: Optional[VersatileFFNConfig]) -> StateDict:
+    out: StateDict = {}
+    for t, i in _expand(m, v):
+        out.update(zip((_at(h, i) for h in t.hf), _to_hf(t, sd[_at(t.megatron, i)], m)))
+    if not m.untie_embeddings_and_output_weights:
+        out["lm_head.weight"] = out["model.embed_tokens.weight"]  # tied: HF still names the output layer
+    return out
+
+
+def megatron_to_hf(sd: StateDict, m: GPTConfig, v: Optional[VersatileFFNConfig] = None) -> StateDict:
     """Full (TP-merged) megatron GPTModel state dict -> HF ``LlamaForCausalLM`` / ``VersatileFFNLlamaForCausalLM``."""
     sd = _drop_extra_state(sd)
-    _check(sd, _expected_shapes_megatron(a), "megatron state dict")
-    f = a.ffn_hidden_size
-    out: StateDict = {"model.embed_tokens.weight": sd["embedding.word_embeddings.weight"],
-                      "model.norm.weight": sd["decoder.final_layernorm.weight"]}
-    out["lm_head.weight"] = sd["output_layer.weight" if a.untie_embeddings_and_output_weights
-                               else "embedding.word_embeddings.weight"]
-    for i in range(a.num_layers):
-        m, h = f"decoder.layers.{i}.", f"model.layers.{i}."
-        out[h + "input_layernorm.weight"] = sd[m + "input_layernorm.weight"]
-        q, k, v = _qkv_split(sd[m + "self_attention.linear_qkv.weight"], a)
-        out[h + "self_attn.q_proj.weight"], out[h + "self_attn.k_proj.weight"], out[h + "self_attn.v_proj.weight"] = q, k, v
-        out[h + "self_attn.o_proj.weight"] = sd[m + "self_attention.linear_proj.weight"]
-        fc1 = sd[m + "mlp.linear_fc1.weight"]
-        out[h + "mlp.gate_proj.weight"], out[h + "mlp.up_proj.weight"] = fc1[:f], fc1[f:]
-        out[h + "mlp.down_proj.weight"] = sd[m + "mlp.linear_fc2.weight"]
-        if a.vffn:
-            for name in ("norm", "router", "depth_router"):
-                out[h + f"mlp.{name}.weight"] = sd[m + f"mlp.{name}.weight"]
-        else:
-            out[h + "post_attention_layernorm.weight"] = sd[m + "pre_mlp_layernorm.weight"]
-    return {k: v.contiguous() for k, v in out.items()}
+    _check(sd, megatron_shapes(m, v), "megatron state dict")
+    return {k: x.contiguous() for k, x in _megatron_to_hf(sd, m, v).items()}
 
 
-def _expected_shapes_hf(a: Arch) -> Dict[str, tuple]:
-    d, f, hd = a.hidden_size, a.ffn_hidden_size, a.head_dim
-    shapes = {"model.embed_tokens.weight": (a.vocab_size, d), "model.norm.weight": (d,),
-              "lm_head.weight": (a.vocab_size, d)}
-    for i in range(a.num_layers):
-        p = f"model.layers.{i}."
-        shapes[p + "input_layernorm.weight"] = (d,)
-        shapes[p + "self_attn.q_proj.weight"] = (a.num_attention_heads * hd, d)
-        shapes[p + "self_attn.k_proj.weight"] = (a.groups * hd, d)
-        shapes[p + "self_attn.v_proj.weight"] = (a.groups * hd, d)
-        shapes[p + "self_attn.o_proj.weight"] = (d, a.num_attention_heads * hd)
-        for n, shape in (("gate_proj", (f, d)), ("up_proj", (f, d)), ("down_proj", (d, f))):
-            shapes[p + f"mlp.{n}.weight"] = shape
-        if a.vffn:
-            shapes[p + "mlp.norm.weight"] = (d,)
-            shapes[p + "mlp.router.weight"] = (a.vffn["num_experts"], d)
-            shapes[p + "mlp.depth_router.weight"] = (a.vffn["max_depth"], d)
-        else:
-            shapes[p + "post_attention_layernorm.weight"] = (d,)
-    return shapes
-
-
-def hf_to_megatron(sd: StateDict, a: Arch, target_vffn: Optional[dict] = None) -> StateDict:
-    """HF state dict (architecture ``a``) -> full megatron state dict.
+def hf_to_megatron(sd: StateDict, m: GPTConfig, v: Optional[VersatileFFNConfig] = None,
+                   target_vffn: Optional[VersatileFFNConfig] = None) -> StateDict:
+    """HF state dict (architecture ``m`` / ``v``) -> full megatron state dict.
 
     ``target_vffn`` (upcycling): convert a *dense* HF model into a VersatileFFN megatron model with these block
-    hyper-parameters. The dense post-attention norm becomes the block's own norm and the dense FFN its shared
-    FFN; the routers are not in the result (the caller keeps the target model's fresh initialisation).
+    hyper-parameters (see :data:`UPCYCLED`); the routers are not in the result (the caller keeps the target
+    model's fresh initialisation: :func:`router_keys`).
     """
-    sd = {k: v for k, v in sd.items() if not k.endswith("rotary_emb.inv_freq")}
-    optional = () if a.untie_embeddings_and_output_weights else ("lm_head.weight",)
-    if not a.untie_embeddings_and_output_weights and "lm_head.weight" in sd:
-        sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}  # tied: the embedding is the output layer
-    _check(sd, _expected_shapes_hf(a), "HF state dict", optional=optional)
-    if target_vffn is not None and a.vffn is not None:
+    sd = {k: x for k, x in sd.items() if not k.endswith("rotary_emb.inv_freq")}
+    expected = hf_shapes(m, v)
+    if not m.untie_embeddings_and_output_weights:  # tied: the embedding is the output layer
+        sd.pop("lm_head.weight", None)
+        expected.pop("lm_head.weight")
+    _check(sd, expected, "HF state dict")
+    if target_vffn is not None and v is not None:
         raise ConversionError("upcycling takes a dense model, but this HF model is already a VersatileFFN model")
-    vffn_out = target_vffn is not None or a.vffn is not None
-    out: StateDict = {"embedding.word_embeddings.weight": sd["model.embed_tokens.weight"],
-                      "decoder.final_layernorm.weight": sd["model.norm.weight"]}
-    if a.untie_embeddings_and_output_weights:
-        out["output_layer.weight"] = sd["lm_head.weight"]
-    for i in range(a.num_layers):
-        m, h = f"decoder.layers.{i}.", f"model.layers.{i}."
-        out[m + "input_layernorm.weight"] = sd[h + "input_layernorm.weight"]
-        out[m + "self_attention.linear_qkv.weight"] = _qkv_join(
-            sd[h + "self_attn.q_proj.weight"], sd[h + "self_attn.k_proj.weight"], sd[h + "self_attn.v_proj.weight"], a)
-        out[m + "self_attention.linear_proj.weight"] = sd[h + "self_attn.o_proj.weight"]
-        out[m + "mlp.linear_fc1.weight"] = torch.cat([sd[h + "mlp.gate_proj.weight"], sd[h + "mlp.up_proj.weight"]])
-        out[m + "mlp.linear_fc2.weight"] = sd[h + "mlp.down_proj.weight"]
-        if a.vffn:
-            for name in ("norm", "router", "depth_router"):
-                out[m + f"mlp.{name}.weight"] = sd[h + f"mlp.{name}.weight"]
-        elif vffn_out:
-            out[m + "mlp.norm.weight"] = sd[h + "post_attention_layernorm.weight"]
-        else:
-            out[m + "pre_mlp_layernorm.weight"] = sd[h + "post_attention_layernorm.weight"]
-    return {k: v.contiguous() for k, v in out.items()}
+    out: StateDict = {}
+    for t, i in _expand(m, v):
+        name = UPCYCLED.get(t.megatron, t.megatron) if target_vffn is not None else t.megatron
+        out[_at(name, i)] = _to_megatron(t, [sd[_at(h, i)] for h in t.hf], m)
+    return {k: x.contiguous() for k, x in out.items()}
 
 
 def router_keys(num_layers: int) -> List[str]:
     """The megatron keys an upcycled model takes from its fresh initialisation (not from the dense model)."""
-    return [f"decoder.layers.{i}.mlp.{n}.weight" for i in range(num_layers) for n in ("router", "depth_router")]
+    fresh = [t.megatron for t in TENSORS if t.only == "vffn" and t.megatron not in UPCYCLED.values()]
+    return [name.format(i=i) for i in range(num_layers) for name in fresh]
 
 
 def load_into_megatron(model: torch.nn.Module, sd: StateDict, keep: tuple = ()) -> None:

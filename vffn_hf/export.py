@@ -17,15 +17,18 @@ from typing import Dict, Optional, Union
 
 import torch
 
-from .convert import Arch, ConversionError, StateDict
+from vffn_megatron.config import VersatileFFNConfig
+from vffn_megatron.model import GPTConfig
+
+from .convert import ConversionError, StateDict, hf_config_fields
 
 HERE = Path(__file__).resolve().parent
-MODELING_FILES = ("configuration_vffn.py", "modeling_vffn.py")
 AUTO_MAP = {
     "AutoConfig": "configuration_vffn.VersatileFFNLlamaConfig",
     "AutoModel": "modeling_vffn.VersatileFFNLlamaModel",
     "AutoModelForCausalLM": "modeling_vffn.VersatileFFNLlamaForCausalLM",
 }
+MODELING_FILES = tuple(sorted({ref.split(".")[0] + ".py" for ref in AUTO_MAP.values()}))  # copied into the folder
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Tokenizer files AutoTokenizer reads; copied as they are when present.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -46,31 +49,26 @@ def parse_size(size: Union[int, str]) -> int:
 
 
 # ----------------------------------------------------------------------------------------- config
-def hf_config(a: Arch, dtype: str = "fp32", special_ids: Optional[dict] = None):
-    """``LlamaConfig`` (dense) or ``VersatileFFNLlamaConfig`` describing the megatron architecture ``a``."""
+def hf_config(model: GPTConfig, vffn: Optional[VersatileFFNConfig] = None, dtype: str = "fp32",
+              special_ids: Optional[dict] = None):
+    """``LlamaConfig`` (dense: ``vffn`` None) or ``VersatileFFNLlamaConfig`` describing the megatron architecture."""
     from transformers import LlamaConfig
 
     from .configuration_vffn import VersatileFFNLlamaConfig
 
     ids = special_ids or {}
     kwargs = dict(
-        vocab_size=a.vocab_size, hidden_size=a.hidden_size, intermediate_size=a.ffn_hidden_size,
-        num_hidden_layers=a.num_layers, num_attention_heads=a.num_attention_heads, num_key_value_heads=a.groups,
-        head_dim=a.head_dim, hidden_act="silu", max_position_embeddings=a.seq_length, rms_norm_eps=a.norm_epsilon,
-        tie_word_embeddings=not a.untie_embeddings_and_output_weights,
-        rope_parameters={"rope_type": "default", "rope_theta": float(a.rotary_base)},
-        attention_bias=False, mlp_bias=False,
+        hf_config_fields(model, vffn),
         # Llama's defaults (bos 1, eos 2) would be wrong for our tokenizers: only what the tokenizer says.
         bos_token_id=ids.get("bos"), eos_token_id=ids.get("eos"), pad_token_id=ids.get("pad"),
         dtype={"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype],
     )
-    if a.vffn is None:
+    if vffn is None:
         cfg = LlamaConfig(**kwargs)
         cfg.architectures = ["LlamaForCausalLM"]
         return cfg
-    cfg = VersatileFFNLlamaConfig(vffn_num_experts=a.vffn["num_experts"], vffn_top_k=a.vffn["top_k"],
-                                  vffn_max_depth=a.vffn["max_depth"], **kwargs)
-    cfg.architectures = ["VersatileFFNLlamaForCausalLM"]
+    cfg = VersatileFFNLlamaConfig(**kwargs)
+    cfg.architectures = [AUTO_MAP["AutoModelForCausalLM"].split(".")[1]]
     cfg.auto_map = dict(AUTO_MAP)
     return cfg
 
@@ -162,10 +160,12 @@ def write_safetensors(sd: StateDict, out_dir: Union[str, os.PathLike], max_shard
     return names
 
 
-def save_hf_folder(out_dir: Union[str, os.PathLike], hf_sd: StateDict, arch: Arch, dtype: str = "fp32",
+def save_hf_folder(out_dir: Union[str, os.PathLike], hf_sd: StateDict, model: GPTConfig,
+                   vffn: Optional[VersatileFFNConfig] = None, dtype: str = "fp32",
                    tokenizer: Optional[Union[str, os.PathLike]] = None, max_shard_size: Union[int, str] = "2GB",
                    overwrite: bool = False) -> Path:
-    """Write the complete folder: config.json, generation_config.json, weights, tokenizer, modeling code."""
+    """Write the complete folder: config.json, generation_config.json, weights, tokenizer, modeling code.
+    ``model`` / ``vffn`` (None: dense) are the architecture ``hf_sd`` was converted for."""
     from transformers import GenerationConfig
 
     if dtype not in DTYPES:
@@ -179,10 +179,10 @@ def save_hf_folder(out_dir: Union[str, os.PathLike], hf_sd: StateDict, arch: Arc
     out.mkdir(parents=True, exist_ok=True)
 
     ids = tokenizer_special_ids(tokenizer) if tokenizer is not None else {}
-    if ids and ids["vocab_size"] > arch.vocab_size:
+    if ids and ids["vocab_size"] > model.vocab_size:
         raise ConversionError(f"tokenizer {tokenizer} has {ids['vocab_size']} tokens but the model only "
-                              f"{arch.vocab_size} embeddings: wrong tokenizer for this checkpoint")
-    cfg = hf_config(arch, dtype, ids)
+                              f"{model.vocab_size} embeddings: wrong tokenizer for this checkpoint")
+    cfg = hf_config(model, vffn, dtype, ids)
     cfg.save_pretrained(out)
     GenerationConfig(bos_token_id=ids.get("bos"), eos_token_id=ids.get("eos"),
                      pad_token_id=ids.get("pad") if ids.get("pad") is not None else ids.get("eos")).save_pretrained(out)
@@ -190,12 +190,12 @@ def save_hf_folder(out_dir: Union[str, os.PathLike], hf_sd: StateDict, arch: Arc
     torch_dtype = DTYPES[dtype]
     weights: Dict[str, torch.Tensor] = {}
     for k, v in hf_sd.items():
-        if k == "lm_head.weight" and not arch.untie_embeddings_and_output_weights:
+        if k == "lm_head.weight" and not model.untie_embeddings_and_output_weights:
             continue  # tied: from_pretrained re-ties it to the embedding
         weights[k] = v.detach().to("cpu", torch_dtype if v.is_floating_point() else v.dtype)
     write_safetensors(weights, out, max_shard_size)
 
-    if arch.vffn is not None:
+    if vffn is not None:
         for name in MODELING_FILES:
             shutil.copy2(HERE / name, out / name)
     if tokenizer is not None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 
-from .convert import Arch, ConversionError, StateDict
+from vffn_megatron.config import VersatileFFNConfig
+from vffn_megatron.model import GPTConfig
+
+from .convert import ConversionError, StateDict, from_hf_config
 
 
 def read_hf_config(path: Union[str, os.PathLike]):
@@ -58,8 +61,9 @@ def _torch_load(path: str) -> StateDict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def read_hf_folder(path: Union[str, os.PathLike]) -> Tuple[object, Arch, StateDict]:
-    """(config, Arch, fp32 state dict) of an HF Llama / VersatileFFN-Llama folder."""
+def read_hf_folder(path: Union[str, os.PathLike]) -> Tuple[object, GPTConfig, Optional[VersatileFFNConfig], StateDict]:
+    """(HF config, GPTConfig, VersatileFFNConfig or None, fp32 state dict) of an HF Llama / VersatileFFN-Llama
+    folder (see :func:`vffn_hf.convert.from_hf_config`)."""
     cfg = read_hf_config(path)
     sd = {k: v.float() if v.is_floating_point() else v for k, v in read_hf_weights(path).items()}
-    return cfg, Arch.from_hf_config(cfg), sd
+    return (cfg, *from_hf_config(cfg), sd)

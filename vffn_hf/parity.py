@@ -47,24 +47,17 @@ def hf_greedy(model, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
     return out
 
 
-def build_megatron_from_arch(arch, vffn_fields: dict | None = None):
-    """A TP=1 megatron GPTModel of architecture ``arch`` in this process (single-process group), eval mode."""
-    import dataclasses
-
-    from vffn_megatron import GPTConfig, VersatileFFNConfig, build_gpt_model, init_megatron
+def build_megatron(model, vffn=None):
+    """A TP=1 megatron GPTModel (``GPTConfig``, ``VersatileFFNConfig`` or None) in this process (single-process
+    group), eval mode."""
+    from vffn_megatron import build_gpt_model, init_megatron
 
     init_megatron(1)
-    names = {f.name for f in dataclasses.fields(GPTConfig)}
-    gpt = GPTConfig(**{k: v for k, v in arch.__dict__.items() if k in names})
-    vffn = None
-    if arch.vffn is not None:
-        known = {f.name for f in dataclasses.fields(VersatileFFNConfig)}
-        vffn = VersatileFFNConfig(**{k: v for k, v in {**(vffn_fields or {}), **arch.vffn}.items() if k in known})
-    return build_gpt_model(gpt, vffn, tensor_parallel_size=1).eval()
+    return build_gpt_model(model, vffn, tensor_parallel_size=1).eval()
 
 
 @torch.no_grad()
-def verify_export(megatron_sd: dict, arch, hf_dir, vffn_fields: dict | None = None, tokens: torch.Tensor | None = None,
+def verify_export(megatron_sd: dict, model, vffn, hf_dir, tokens: torch.Tensor | None = None,
                   new_tokens: int = 16) -> dict:
     """Megatron (TP=1, eval, fp32) vs the exported folder loaded with transformers (fp32): max abs logit diff and
     whether greedy decoding agrees. Needs megatron-core (imports it) but no launcher."""
@@ -72,11 +65,12 @@ def verify_export(megatron_sd: dict, arch, hf_dir, vffn_fields: dict | None = No
 
     from .convert import load_into_megatron
 
-    mg = build_megatron_from_arch(arch, vffn_fields)
+    mg = build_megatron(model, vffn)
     load_into_megatron(mg, megatron_sd)
     hf = AutoModelForCausalLM.from_pretrained(hf_dir, trust_remote_code=True, dtype=torch.float32).eval()
     if tokens is None:
-        tokens = torch.randint(0, arch.vocab_size, (2, min(arch.seq_length, 64)), generator=torch.Generator().manual_seed(0))
+        tokens = torch.randint(0, model.vocab_size, (2, min(model.seq_length, 64)),
+                               generator=torch.Generator().manual_seed(0))
     diff = (hf(tokens).logits.float() - megatron_logits(mg, tokens)).abs().max().item()
     prompt = tokens[:, :8]
     same = torch.equal(megatron_greedy(mg, prompt, new_tokens), hf_greedy(hf, prompt, new_tokens))

@@ -1,6 +1,7 @@
-"""Read the trainer's checkpoints (pretrain/checkpoint.py layout) into one full megatron state dict.
+"""Read the trainer's checkpoints into one full megatron state dict.
 
-Layout: ``<dir>/step_XXXXXXXX/`` holds DeepSpeed's files plus the resolved run config (``config.yaml``) and
+Layout (:mod:`pretrain.checkpoint` owns it: ``tag_for`` / ``step_of`` / ``LATEST`` / ``read_latest``):
+``<dir>/step_XXXXXXXX/`` holds DeepSpeed's files plus the resolved run config (``config.yaml``) and
 ``layout.json``; ``<dir>/latest`` names the newest complete step. Per tensor-parallel rank r:
 
 * ZeRO 0: the weights are ``mp_rank_{r:02d}_model_states.pt["module"]``;
@@ -14,19 +15,23 @@ no process group.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, NamedTuple, Optional, Union
 
 import torch
 import yaml
 
-from .convert import Arch, ConversionError, StateDict, merge_tp_shards
+from pretrain.checkpoint import LATEST, read_latest, step_of, tag_for
+from vffn_megatron.config import VersatileFFNConfig
+from vffn_megatron.model import GPTConfig
 
-_STEP_RE = re.compile(r"^step_(\d+)$")
+from .convert import ConversionError, StateDict, merge_tp_shards
+
 _MP_RE = re.compile(r"mp_rank_(\d+)_model_states\.pt$")
 SUPPORTED_ARCHS = ("vffn", "dense")
 
@@ -36,7 +41,7 @@ class CheckpointError(ValueError):
 
 
 def _steps(d: Path) -> list:
-    return sorted(int(m.group(1)) for m in (_STEP_RE.match(p.name) for p in d.iterdir() if p.is_dir()) if m)
+    return sorted(s for s in (step_of(p.name) for p in d.iterdir() if p.is_dir()) if s is not None)
 
 
 def resolve_step_dir(path: Union[str, os.PathLike], step: Optional[int] = None) -> Path:
@@ -47,28 +52,29 @@ def resolve_step_dir(path: Union[str, os.PathLike], step: Optional[int] = None) 
     if not p.is_dir():
         raise CheckpointError(f"checkpoint {p} is not a directory (pass the run's checkpoints/ directory or a "
                               f"step_XXXXXXXX directory in it)")
-    if _STEP_RE.match(p.name) and (p / "config.yaml").is_file():
-        if step is not None and int(_STEP_RE.match(p.name).group(1)) != step:
-            raise CheckpointError(f"{p} is the checkpoint of step {int(_STEP_RE.match(p.name).group(1))}, "
-                                  f"not --step {step}; pass its parent directory to choose a step")
+    own = step_of(p.name)
+    if own is not None and (p / "config.yaml").is_file():
+        if step is not None and own != step:
+            raise CheckpointError(f"{p} is the checkpoint of step {own}, not --step {step}; pass its parent "
+                                  f"directory to choose a step")
         return p
-    if not (p / "latest").is_file() and not _steps(p) and (p / "checkpoints").is_dir():
+    if not (p / LATEST).is_file() and not _steps(p) and (p / "checkpoints").is_dir():
         p = p / "checkpoints"  # a run's output_dir
     steps = _steps(p)
     if step is not None:
-        d = p / f"step_{step:08d}"
+        d = p / tag_for(step)
         if not d.is_dir():
             raise CheckpointError(f"no checkpoint of step {step} in {p}; available steps: {steps or 'none'}")
         return d
-    if (p / "latest").is_file():
-        tag = (p / "latest").read_text().strip()
+    tag = read_latest(str(p))
+    if tag is not None:
         if not (p / tag).is_dir():
-            raise CheckpointError(f"{p / 'latest'} names {tag}, which does not exist")
+            raise CheckpointError(f"{p / LATEST} names {tag}, which does not exist")
         return p / tag
     if steps:
-        raise CheckpointError(f"{p} has no 'latest' file (an interrupted save?); choose one of the steps "
+        raise CheckpointError(f"{p} has no '{LATEST}' file (an interrupted save?); choose one of the steps "
                               f"{steps} with --step")
-    raise CheckpointError(f"{p} holds no trainer checkpoint (no 'latest' file and no step_XXXXXXXX directories)")
+    raise CheckpointError(f"{p} holds no trainer checkpoint (no '{LATEST}' file and no step_XXXXXXXX directories)")
 
 
 def read_run_config(step_dir: Path) -> dict:
@@ -136,8 +142,22 @@ def load_tp_rank(step_dir: Path, rank: int, zero_stage: int) -> StateDict:
     return dict(sd)
 
 
-def load_checkpoint(path: Union[str, os.PathLike], step: Optional[int] = None) -> Tuple[Path, dict, Arch, StateDict]:
-    """(step directory, run config, Arch, full fp32 megatron state dict) of a trainer checkpoint."""
+class TrainerCheckpoint(NamedTuple):
+    step_dir: Path
+    config: dict  # the run config saved with it (config.yaml)
+    model: GPTConfig  # vocab_size: the embedding's rows
+    vffn: Optional[VersatileFFNConfig]  # None: the dense baseline
+    state_dict: StateDict  # full (TP-merged) fp32 megatron state dict
+
+
+def _known_fields(cls, values: dict):
+    """``cls`` built from the keys of ``values`` it has (a config.yaml section may carry more)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def load_checkpoint(path: Union[str, os.PathLike], step: Optional[int] = None) -> TrainerCheckpoint:
+    """The architecture and full fp32 megatron state dict of a trainer checkpoint."""
     step_dir = resolve_step_dir(path, step)
     cfg = read_run_config(step_dir)
     stage = _zero_stage(step_dir, cfg)
@@ -154,10 +174,10 @@ def load_checkpoint(path: Union[str, os.PathLike], step: Optional[int] = None) -
     emb = sd.get("embedding.word_embeddings.weight")
     if emb is None:
         raise CheckpointError(f"{step_dir}: no embedding.word_embeddings.weight in the checkpoint")
-    vffn = cfg.get("vffn") if cfg["model"].get("arch", "vffn") == "vffn" else None
+    vffn = _known_fields(VersatileFFNConfig, cfg["vffn"]) if cfg["model"].get("arch", "vffn") == "vffn" else None
     # vocab_size may be null in the config (derived from the tokenizer): the embedding says what was built
-    arch = Arch.from_megatron(cfg["model"], vffn, vocab_size=emb.shape[0])
-    return step_dir, cfg, arch, sd
+    model = _known_fields(GPTConfig, {**cfg["model"], "vocab_size": int(emb.shape[0])})
+    return TrainerCheckpoint(step_dir, cfg, model, vffn, sd)
 
 
 def tokenizer_path(cfg: dict) -> Optional[Path]:
@@ -170,8 +190,8 @@ def tokenizer_path(cfg: dict) -> Optional[Path]:
     return p if p.exists() else None
 
 
-def summary(step_dir: Path, cfg: dict, arch: Arch) -> Dict[str, object]:
+def summary(step_dir: Path, cfg: dict, model: GPTConfig) -> Dict[str, object]:
     par = cfg.get("parallel") or {}
-    return {"step_dir": str(step_dir), "arch": cfg["model"].get("arch", "vffn"), "layers": arch.num_layers,
-            "hidden": arch.hidden_size, "vocab": arch.vocab_size, "tp": par.get("tensor_model_parallel_size"),
+    return {"step_dir": str(step_dir), "arch": cfg["model"].get("arch", "vffn"), "layers": model.num_layers,
+            "hidden": model.hidden_size, "vocab": model.vocab_size, "tp": par.get("tensor_model_parallel_size"),
             "zero_stage": par.get("zero_stage"), "precision": cfg.get("precision")}

@@ -14,39 +14,43 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from .convert import Arch, ConversionError, hf_to_megatron, load_into_megatron, router_keys, split_tp
+from typing import Optional
 
-# Architecture fields that must agree between the HF model and the run config (vocab is checked separately).
-_ARCH_FIELDS = {"num_layers": "model.num_layers", "hidden_size": "model.hidden_size",
-                "num_attention_heads": "model.num_attention_heads", "groups": "model.num_query_groups",
-                "ffn_hidden_size": "model.ffn_hidden_size", "rotary_base": "model.rotary_base",
-                "norm_epsilon": "model.norm_epsilon",
-                "untie_embeddings_and_output_weights": "model.untie_embeddings_and_output_weights"}
+from vffn_megatron.config import VersatileFFNConfig
+from vffn_megatron.model import GPTConfig
+
+from .convert import ConversionError, hf_to_megatron, load_into_megatron, query_groups, router_keys, split_tp
+
+# GPTConfig fields that must agree between the HF model and the run config (vocab is checked separately).
+_ARCH_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size",
+                "rotary_base", "norm_epsilon", "untie_embeddings_and_output_weights")
 
 
-def check_compatible(hf: Arch, run: Arch, run_arch: str) -> None:
+def check_compatible(hf: GPTConfig, hf_vffn: Optional[VersatileFFNConfig], run: GPTConfig,
+                     run_vffn: Optional[VersatileFFNConfig], run_arch: str) -> None:
     """The run config must describe the HF model's architecture; the error lists the overrides that would."""
     fixes = []
-    for attr, key in _ARCH_FIELDS.items():
-        a, b = getattr(hf, attr), getattr(run, attr)
+    for name in _ARCH_FIELDS:
+        a, b = (query_groups(hf), query_groups(run)) if name == "num_query_groups" else \
+            (getattr(hf, name), getattr(run, name))
         same = abs(float(a) - float(b)) <= 1e-12 * max(1.0, abs(float(a))) if isinstance(a, float) or \
             isinstance(b, float) else a == b
         if not same:
             value = str(a).lower() if isinstance(a, bool) else a
-            fixes.append(f"{key}={value}")
+            fixes.append(f"model.{name}={value}")
     if hf.vocab_size != run.vocab_size:
         fixes.append(f"model.vocab_size={hf.vocab_size}")
     if fixes:
         raise ConversionError("the run config does not describe the HF model; add these overrides (and check the "
                               "tokenizer is the model's): " + " ".join(fixes))
-    if hf.vffn is not None and run_arch != "vffn":
+    if hf_vffn is not None and run_arch != "vffn":
         raise ConversionError("the HF model is a VersatileFFN model but the run config has model.arch="
                               f"{run_arch}; use model.arch=vffn")
-    if hf.vffn is not None and run.vffn is not None:
-        diff = {k: (hf.vffn[k], run.vffn[k]) for k in hf.vffn if hf.vffn[k] != run.vffn[k]}
+    if hf_vffn is not None and run_vffn is not None:
+        diff = [k for k in VersatileFFNConfig.ARCH_FIELDS if getattr(hf_vffn, k) != getattr(run_vffn, k)]
         if diff:
             raise ConversionError("VersatileFFN hyper-parameters differ from the HF model's: "
-                                  + " ".join(f"vffn.{k}={a}" for k, (a, _) in diff.items()))
+                                  + " ".join(f"vffn.{k}={getattr(hf_vffn, k)}" for k in diff))
 
 
 def import_hf(hf_dir: str, cfg, force: bool = False, log=print) -> str:
@@ -66,13 +70,12 @@ def import_hf(hf_dir: str, cfg, force: bool = False, log=print) -> str:
         raise ConversionError(f"{cfg.checkpoint_dir} already holds a checkpoint ({read_latest(cfg.checkpoint_dir)}); "
                               f"importing would start that run over. Choose another output_dir / checkpoint.dir, "
                               f"or pass --force")
-    _, hf_arch, hf_sd = read_hf_folder(hf_dir)
+    _, hf_model, hf_vffn, hf_sd = read_hf_folder(hf_dir)
     vocab = resolve_vocab_size(cfg, load_tokenizer(cfg.data.tokenizer).vocab_size)
-    run_vffn = dataclasses.asdict(cfg.vffn) if cfg.is_vffn else None
-    run_arch = Arch.from_megatron(cfg.model, run_vffn, vocab_size=vocab)
-    check_compatible(hf_arch, run_arch, cfg.model.arch)
-    upcycle = cfg.is_vffn and hf_arch.vffn is None
-    full = hf_to_megatron(hf_sd, hf_arch, target_vffn=run_arch.vffn if upcycle else None)
+    run_model = dataclasses.replace(cfg.model.gpt(), vocab_size=vocab)
+    check_compatible(hf_model, hf_vffn, run_model, cfg.vffn_or_none, cfg.model.arch)
+    upcycle = cfg.is_vffn and hf_vffn is None
+    full = hf_to_megatron(hf_sd, hf_model, hf_vffn, target_vffn=cfg.vffn if upcycle else None)
     del hf_sd
 
     world = setup_parallel(cfg)

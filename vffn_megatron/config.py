@@ -30,6 +30,11 @@ class VersatileFFNConfig:
     aux_loss_coeff: float = 5e-5
     recompute: bool = False
 
+    # The fields that shape the weights or the function a model computes (all counts, hence integers): a
+    # checkpoint, an exported HF model and the run resuming or importing it must agree on them. The others
+    # (temperature schedule, aux-loss coefficient, recompute) may change between runs of one model.
+    ARCH_FIELDS = ("num_experts", "top_k", "max_depth")  # a class constant, not a config key (no annotation)
+
     def tau(self, step: int) -> float:
         """Gumbel-softmax temperature at a global step: a pure function, so resume reproduces it."""
         return max(self.tau_start * self.tau_decay ** max(int(step), 0), self.tau_end)
@@ -40,7 +45,7 @@ class VersatileFFNConfig:
             if not ok:
                 raise VFFNConfigError(f"invalid VersatileFFN config: {msg}")
 
-        for name in ("num_experts", "top_k", "max_depth"):
+        for name in self.ARCH_FIELDS:
             v = getattr(self, name)
             need(isinstance(v, int) and not isinstance(v, bool), f"vffn.{name} must be an integer, got {v!r}")
         need(self.num_experts >= 1, f"vffn.num_experts must be >= 1, got {self.num_experts}")

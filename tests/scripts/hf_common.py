@@ -60,11 +60,10 @@ def dense_hf_model(seed=5):
     place cannot go unnoticed."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from vffn_hf.convert import Arch
     from vffn_hf.export import hf_config
 
     torch.manual_seed(seed)
-    cfg: LlamaConfig = hf_config(Arch.from_megatron(gpt_config()))
+    cfg: LlamaConfig = hf_config(gpt_config())
     model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
