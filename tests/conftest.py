@@ -6,7 +6,7 @@ import pytest
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu" if not os.path.exists("/dev/nvidia0") else "cuda")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, os.path.dirname(__file__))  # test helpers (launch.py, reference.py, ...)
+sys.path.insert(0, os.path.dirname(__file__))  # test helpers (launch.py, pretrain_helpers.py, ...)
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from reference import ffn as ref_ffn
+from vffn_megatron.reference import ffn as ref_ffn
 
 
 def test_kloop_matches_definition(megatron_tp1):

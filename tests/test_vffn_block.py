@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from reference import versatile_ffn as reference_vffn
+from vffn_megatron.reference import versatile_ffn as reference_vffn
 
 D_MODEL, FFN, SEQ, BATCH = 32, 64, 6, 3
 
@@ -29,23 +29,25 @@ def ref_params(block):
                 Wr=block.router.weight, Wq=block.depth_router.weight)
 
 
-def run_both(block, vffn, train, noise=None):
+def run_both(block, vffn, train, noise=None, device="cpu"):
+    """The block (on ``device``) and the float64 CPU reference on the same input: (out, ref, grads, ref_grads),
+    all on the CPU."""
     torch.manual_seed(1)
     x = torch.randn(SEQ, BATCH, D_MODEL)
     probe = torch.randn(SEQ, BATCH, D_MODEL)
     block.train(train)
     if noise is not None:
-        block.noise_fn = lambda shape, device: noise
+        block.noise_fn = lambda shape, dev: noise.to(dev)
     block.zero_grad()
-    delta, bias = block(x)
+    delta, bias = block(x.to(device))
     assert bias is None
-    out = x + delta
+    out = x + delta.cpu()
     grads = {}
     if train:
         (out * probe).sum().backward()
-        grads = {n: p.grad.clone() for n, p in block.named_parameters()}
+        grads = {n: p.grad.cpu().clone() for n, p in block.named_parameters()}
     # The reference runs in float64 so its own rounding does not blur the comparison.
-    params = {n: p.detach().double().requires_grad_(True) for n, p in block.named_parameters()}
+    params = {n: p.detach().cpu().double().requires_grad_(True) for n, p in block.named_parameters()}
     Wg, Wu = params["linear_fc1.weight"].chunk(2, dim=0)
     ref = reference_vffn(
         x.double().reshape(-1, D_MODEL), Wg, Wu, params["linear_fc2.weight"], params["norm.weight"], block.norm.eps,
@@ -156,3 +158,29 @@ def test_recompute_gives_identical_gradients(megatron_tp1):
         # Same math; only the order in which autograd sums a weight's contributions (fc2 is used by the loops
         # and by the width path) differs once a loop runs inside its own backward, hence fp32 rounding.
         torch.testing.assert_close(res[1][1][name], g, rtol=1e-6, atol=1e-9, msg=name)
+
+
+def test_explicit_tp_group_and_dp_rank(megatron_tp1):
+    """megatron MLP's tp_group contract (None: the default TP group), and the DP rank taken from set_step."""
+    from megatron.core import parallel_state
+    from megatron.core.transformer.spec_utils import build_module
+
+    from vffn_megatron import GPTConfig, VersatileFFNConfig, get_vffn_mlp_spec, transformer_config
+
+    group = parallel_state.get_tensor_model_parallel_group()
+    block = build_block(VersatileFFNConfig(), megatron_tp1)
+    assert block.tp_group is group and block.linear_fc1.tp_group is group and block.linear_fc2.tp_group is group
+    tcfg = transformer_config(GPTConfig(hidden_size=D_MODEL, ffn_hidden_size=FFN, num_attention_heads=4))
+    explicit = build_module(get_vffn_mlp_spec(VersatileFFNConfig()), config=tcfg, tp_group=group)
+    assert explicit.tp_group is group
+
+    # micro-batch index micro * dp_size + dp_rank: DP rank 1 of 2 at micro 0 draws DP=1's micro 1
+    block.set_step(7, seed=3)
+    first = block._gumbel_noise((5, 4), torch.device("cpu"))
+    block._micro = 1
+    second = block._gumbel_noise((5, 4), torch.device("cpu"))
+    block.set_step(7, seed=3, dp_rank=1, dp_size=2)
+    rank1 = block._gumbel_noise((5, 4), torch.device("cpu"))
+    assert torch.equal(rank1, second) and not torch.equal(rank1, first)
+    with pytest.raises(ValueError, match="dp_rank < dp_size"):
+        block.set_step(7, dp_rank=2, dp_size=2)

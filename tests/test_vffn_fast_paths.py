@@ -1,5 +1,5 @@
 """The optimised block (sparse width fc2 fused into loop 1, per-token depth at inference) equals the
-straightforward algorithm (vffn_megatron/naive.py) in outputs and gradients. TP=2 == TP=1 for the optimised
+straightforward algorithm (vffn_megatron/reference.py) in outputs and gradients. TP=2 == TP=1 for the optimised
 path is tests/test_vffn_tp.py."""
 import pytest
 import torch
@@ -11,21 +11,20 @@ from test_vffn_block import build_block  # noqa: E402
 @pytest.mark.parametrize("n,k,depth", [(8, 2, 4), (4, 4, 2), (8, 1, 3)])
 def test_optimised_equals_straightforward(megatron_tp1, train, n, k, depth):
     from vffn_megatron import VersatileFFNConfig
-    from vffn_megatron.naive import NaiveVersatileFFN
+    from vffn_megatron.reference import block_forward
 
     block = build_block(VersatileFFNConfig(num_experts=n, top_k=k, max_depth=depth, aux_loss_coeff=0.0),
                         megatron_tp1)
     # float64 on both sides: the comparison is of algorithms, not of their fp32 rounding
     block.double()
-    naive = NaiveVersatileFFN(block)
     torch.manual_seed(3)
     x = torch.randn(16, 4, block.config.hidden_size, dtype=torch.float64)
     probe = torch.randn_like(x)
     noise = torch.randn(64, depth)
     block.noise_fn = lambda shape, device: noise
     results = []
-    for impl in (block, naive):
-        impl.train(train)
+    block.train(train)
+    for impl in (block, lambda h: block_forward(block, h, gumbel=noise)):
         block.zero_grad()
         with torch.set_grad_enabled(train):
             out = impl(x)[0]

@@ -3,16 +3,11 @@
     python tools/bench_vffn.py [--sizes 512x1408,1024x2816] [--tokens 2048] [--repeats 5] [--json]
 
 For each size it times, interleaved in one process (median of --repeats): the dense FFN (RMSNorm + megatron
-MLP), our VersatileFFN block, and the straightforward algorithm (vffn_megatron/naive.py: loop over
+MLP), our VersatileFFN block, and the straightforward algorithm (vffn_megatron/reference.py: loop over
 sub-experts with weight copies, full-depth eval), in train mode (forward + backward) and eval mode.
 
-FLOP model (matmul FLOPs; backward = 2x forward, so train and eval ratios are the same formula), relative
-to the dense FFN's 6*T*d*F forward FLOPs:
-    train_flop_ratio    = D + (k/N)/3 + (N + D)/(3F)
-        (D full loops; the width path's weighted fc2 over the k of N chosen sub-experts, whose fc1 work is
-        the first loop's; the two routers)
-    eval_expected_ratio = mean_loops + wide_share*(k/N)/3 + (N + D)/(3F)
-        (each token runs its own loops; the width fc2 only for the share of tokens with m > 0)
+FLOP ratios relative to the dense FFN come from the FLOP model, vffn_megatron/flops.py (train_flop_ratio:
+training; eval_expected_ratio: inference at the measured mean loops and share of tokens with a width path).
 Ratios are VersatileFFN time / dense time; speedups are straightforward time / our time.
 It also counts the all-reduces of one block forward at TP=2 (a 2-process gloo group via torchrun).
 """
@@ -37,7 +32,7 @@ def _blocks(hidden: int, ffn: int, vffn_cfg):
     from megatron.core.transformer.spec_utils import build_module
 
     from vffn_megatron import GPTConfig, get_vffn_mlp_spec, transformer_config
-    from vffn_megatron.naive import NaiveVersatileFFN
+    from vffn_megatron.reference import block_forward
 
     tcfg = transformer_config(GPTConfig(hidden_size=hidden, ffn_hidden_size=ffn, num_attention_heads=4))
     block = build_module(get_vffn_mlp_spec(vffn_cfg), config=tcfg)
@@ -51,7 +46,15 @@ def _blocks(hidden: int, ffn: int, vffn_cfg):
     def dense(x):
         return mlp(block.norm(x))
 
-    return block, dense, NaiveVersatileFFN(block), [mlp]
+    gumbel = {}  # train-mode noise of the straightforward algorithm, one [T, D] draw per token count
+
+    def straightforward(x):
+        T = x.shape[0] * x.shape[1]
+        if T not in gumbel:
+            gumbel[T] = -torch.empty(T, vffn_cfg.max_depth).exponential_().log()
+        return block_forward(block, x, gumbel=gumbel[T])
+
+    return block, dense, straightforward, [mlp]
 
 
 def _timed(fn) -> float:
@@ -63,8 +66,10 @@ def _timed(fn) -> float:
 def bench_size(hidden: int, ffn: int, tokens: int, repeats: int, vffn_cfg) -> dict:
     import torch
 
+    from vffn_megatron.flops import ffn_flop_ratio
+
     block, dense, naive, _ = _blocks(hidden, ffn, vffn_cfg)
-    N, k, D = vffn_cfg.num_experts, vffn_cfg.top_k, vffn_cfg.max_depth
+    D = vffn_cfg.max_depth
     x = torch.randn(tokens, 1, hidden)
     probe = torch.randn(tokens, 1, hidden)
 
@@ -87,8 +92,7 @@ def bench_size(hidden: int, ffn: int, tokens: int, repeats: int, vffn_cfg) -> di
     block.set_step(10**6)  # the late-training temperature
     for rep in range(repeats + 1):  # first round is warm-up
         for mode, wrap in (("train", train), ("eval", evaluate)):
-            block.train(mode == "train")
-            naive.train(mode == "train")
+            block.train(mode == "train")  # the straightforward algorithm follows the block's mode
             for name, f in variants.items():
                 t = _timed(wrap(f))
                 if rep:
@@ -103,14 +107,13 @@ def bench_size(hidden: int, ffn: int, tokens: int, repeats: int, vffn_cfg) -> di
     L = torch.arange(1, D + 1, dtype=torch.float64)
     mean_loops = float((depth_counts * L).sum() / depth_counts.sum())
     wide_share = float(depth_counts[:-1].sum() / depth_counts.sum())
-    routers = (N + D) / (3 * ffn)
     return {
         "d": hidden, "ffn": ffn, "tokens": tokens,
         "train_ratio": med["train_ours"] / med["train_dense"],
-        "train_flop_ratio": D + (k / N) / 3 + routers,
+        "train_flop_ratio": ffn_flop_ratio(hidden, ffn, vffn_cfg),
         "train_speedup_vs_reference": med["train_naive"] / med["train_ours"],
         "eval_ratio": med["eval_ours"] / med["eval_dense"],
-        "eval_expected_ratio": mean_loops + wide_share * (k / N) / 3 + routers,
+        "eval_expected_ratio": ffn_flop_ratio(hidden, ffn, vffn_cfg, mean_loops=mean_loops, wide_share=wide_share),
         "eval_speedup_vs_full_depth": med["eval_naive"] / med["eval_ours"],
         "mean_loops": mean_loops,
         "wide_share": wide_share,

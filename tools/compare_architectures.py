@@ -185,23 +185,11 @@ def count_params(a, archs_cfg: dict) -> dict:
     return out
 
 
-def train_flops_per_token(arch: str, cfg, vocab: int) -> float:
-    """6 x (matmul weights applied per token) + attention scores; see the formula in compare.md."""
-    m = cfg.model
-    d, F, L, s = m.hidden_size, m.ffn_hidden_size, m.num_layers, m.seq_length
-    attn = 4 * d * d  # q, k, v, out projections (multi-head attention)
-    ffn = 3 * d * F  # SwiGLU: gate, up, down
-    if arch == "dense":
-        f = ffn
-    elif arch.startswith("kloop"):
-        f = cfg.kloop.loops * ffn if cfg.kloop else ffn
-    elif arch == "moe":
-        f = cfg.moe.top_k * ffn + d * cfg.moe.num_experts
-    else:  # training computes all D loops for every token (straight-through mix), + width fc2 on k/N, + routers
-        v = cfg.vffn
-        f = v.max_depth * ffn + d * F * v.top_k // v.num_experts + d * (v.num_experts + v.max_depth)
-    weights = L * (attn + f) + d * vocab  # + output layer (the input embedding is a lookup)
-    return 6 * weights + 6 * L * s * d  # QK^T and AV: 2 x s x d MACs per token and layer, x3 for training
+def train_flops_per_token(cfg, vocab: int) -> float:
+    """The run's training FLOPs per token (the FLOP model: vffn_megatron/flops.py) for its model.arch."""
+    from vffn_megatron.flops import num_flops_per_token
+
+    return num_flops_per_token(cfg.model, vocab, cfg.vffn_or_none or cfg.kloop_or_none or cfg.moe_or_none)
 
 
 def mean_spread(xs: list[float]) -> str:
@@ -216,12 +204,13 @@ def analyse(a, runs: list[dict], t0: float, cmd: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from vffn_megatron.flops import TRAIN_FLOPS_FORMULA
+
     out = Path(a.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     for r in runs:
         r["tb"] = scalars(Path(a.work_dir) / r["name"])
     archs = [x for x in ARCHS if any(r["arch"] == x for r in runs)]
-    D = runs[0].get("D", 3)
     params = count_params(a, {x: next(r for r in runs if r["arch"] == x)["overrides"] for x in archs})
 
     # ---- validation curves: whole run, and the second half zoomed (where the differences are small)
@@ -303,7 +292,7 @@ def analyse(a, runs: list[dict], t0: float, cmd: str) -> str:
             tps.append(statistics.mean(half) if half else math.nan)
         p = params[x]
         ppl = [math.exp(f) for f in fin]
-        flops = train_flops_per_token(x, p["cfg"], p["vocab"])
+        flops = train_flops_per_token(p["cfg"], p["vocab"])
         loops = ""
         if x == "vffn":
             ml = [r["tb"]["vffn/mean_loops"][-1][1] for r in rs if r["tb"].get("vffn/mean_loops")]
@@ -336,11 +325,7 @@ def analyse(a, runs: list[dict], t0: float, cmd: str) -> str:
         "Final valid loss / perplexity: mean ± half the range over seeds where there is more than one seed.",
         "Params: embedding = input embedding + output layer (untied); active = parameters a token's forward uses "
         "(MoE: top-k of the experts; VersatileFFN and k-loop reuse the one FFN, so active = total).",
-        "Training FLOPs per token = 6 x (weights applied per token) + 6 x layers x seq x hidden (attention "
-        "scores and values), weights applied per token = layers x (4 h² attention + FFN part) + h x vocab "
-        "(output layer); FFN part: dense 3·h·F, k-loop k·3·h·F, MoE top_k·3·h·F + h·N (router), VersatileFFN "
-        "D·3·h·F + h·F·k/N (width fc2) + h·(N+D) (routers) — training runs all D loops for every token "
-        "(straight-through depth mix); at inference a token runs only its chosen loops.",
+        TRAIN_FLOPS_FORMULA,
         "tokens/s: the trainer's logged train/tokens_per_sec, mean over the second half of training; "
         f"{a.jobs} run(s) at a time on a shared 2-core machine with other work running, so these are rough.",
         "",

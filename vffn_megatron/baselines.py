@@ -23,11 +23,12 @@ from .specs import get_dense_layer_spec
 class KLoopFFN(SharedSwiGLU):
     """x_i = x_{i-1} + FFN(norm(x_{i-1})), i = 1..k, for every token; returns the residual delta x_k - x."""
 
-    def __init__(self, config, submodules: SharedFFNSubmodules, kloop: KLoopConfig | None = None, **kwargs):
+    def __init__(self, config, submodules: SharedFFNSubmodules, kloop: KLoopConfig | None = None,
+                 tp_group=None, **kwargs):  # tp_group: megatron MLP's (None: the default TP group)
         if config.add_bias_linear or not config.gated_linear_unit:
             raise VFFNConfigError("the k-loop FFN is a bias-free SwiGLU: set add_bias_linear=False, "
                                   "gated_linear_unit=True")
-        super().__init__(config=config, submodules=submodules)
+        super().__init__(config=config, submodules=submodules, tp_group=tp_group)
         self.kloop = kloop or KLoopConfig()
         self.kloop.validate()
 

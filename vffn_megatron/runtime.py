@@ -82,6 +82,14 @@ def vffn_modules(model: torch.nn.Module) -> Iterator:
 
 
 def set_vffn_step(model: torch.nn.Module, step: int, seed: int | None = None) -> None:
-    """Tell every VersatileFFN block the global step (Gumbel temperature and noise) before a train step."""
+    """Tell every VersatileFFN block the global step (Gumbel temperature and noise) before a train step,
+    with megatron's data-parallel rank and size (which number the micro-batches in the noise; 0 / 1 before
+    ``init_megatron``)."""
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        dp_rank, dp_size = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
+    else:
+        dp_rank, dp_size = 0, 1
     for m in vffn_modules(model):
-        m.set_step(step, seed)
+        m.set_step(step, seed, dp_rank=dp_rank, dp_size=dp_size)

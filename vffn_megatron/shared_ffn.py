@@ -10,6 +10,9 @@ from megatron.core.transformer.mlp import apply_swiglu_sharded_factory
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
+from megatron.core.utils import get_tensor_model_parallel_group_if_none
+
+from .config import VFFNConfigError
 
 
 @dataclass
@@ -23,21 +26,29 @@ class SharedSwiGLU(MegatronModule):
     """RMSNorm + column-parallel gated fc1 + row-parallel fc2, applied to the raw residual stream.
 
     The norm belongs to the FFN (not to the layer) because recursive use re-normalises at every loop.
+    ``tp_group`` is megatron ``MLP``'s: the tensor-parallel group of fc1 / fc2 (None: megatron's default TP
+    group, resolved as ``MLP`` does); subclasses use ``self.tp_group`` for their own TP rank and collectives.
     """
 
-    def __init__(self, config: TransformerConfig, submodules: SharedFFNSubmodules):
+    def __init__(self, config: TransformerConfig, submodules: SharedFFNSubmodules,
+                 tp_group: Optional[torch.distributed.ProcessGroup] = None):
         super().__init__(config=config)
         d, ffn = config.hidden_size, config.ffn_hidden_size
+        self.tp_group = get_tensor_model_parallel_group_if_none(tp_group)
+        if self.tp_group is not None and self.tp_group.size() != config.tensor_model_parallel_size:
+            raise VFFNConfigError(f"tp_group has {self.tp_group.size()} ranks but tensor_model_parallel_size is "
+                                  f"{config.tensor_model_parallel_size}")
         self.layer_number: Optional[int] = None
         self.norm = build_module(submodules.norm, config=config, hidden_size=d, eps=config.layernorm_epsilon)
         self.linear_fc1 = build_module(
             submodules.linear_fc1, d, 2 * ffn, config=config, init_method=config.init_method,
             gather_output=False, bias=False, skip_bias_add=True, is_expert=False,
-            tp_comm_buffer_name="fc1", stride=2,  # each TP rank holds its own [gate_r; up_r]
+            tp_comm_buffer_name="fc1", tp_group=self.tp_group, stride=2,  # each TP rank holds [gate_r; up_r]
         )
         self.linear_fc2 = build_module(
             submodules.linear_fc2, ffn, d, config=config, init_method=config.output_layer_init_method,
             bias=False, input_is_parallel=True, skip_bias_add=True, is_expert=False, tp_comm_buffer_name="fc2",
+            tp_group=self.tp_group,
         )
 
     def set_layer_number(self, layer_number: int) -> None:  # called by TransformerLayer

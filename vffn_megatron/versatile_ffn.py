@@ -21,7 +21,9 @@ all-reduce as the first loop's fc2, so the width path adds no collective.
 Tensor parallelism: fc1 is column-parallel in megatron's gated layout (each rank holds [gate_r; up_r]), fc2
 row-parallel, so TP rank r owns whole sub-experts [r*N/t, (r+1)*N/t). Routers are replicated; the width
 weights enter the local hidden block through ``scatter_to_tensor_model_parallel_region`` whose backward
-all-gathers, so every rank sees the full router gradient.
+all-gathers, so every rank sees the full router gradient. The TP group is the constructor's ``tp_group``
+(megatron ``MLP``'s contract; None = megatron's default TP group); the data-parallel rank that numbers the
+Gumbel noise comes in through ``set_step``. The block itself never asks ``parallel_state``.
 """
 from __future__ import annotations
 
@@ -29,7 +31,6 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
-from megatron.core import parallel_state
 from megatron.core.tensor_parallel import checkpoint as tp_checkpoint
 from megatron.core.tensor_parallel.mappings import (
     reduce_from_tensor_model_parallel_region,
@@ -37,6 +38,7 @@ from megatron.core.tensor_parallel.mappings import (
 )
 from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler, save_to_aux_losses_tracker
 from megatron.core.transformer.transformer_config import TransformerConfig
+from megatron.core.utils import get_pg_rank
 
 from .config import VersatileFFNConfig, VFFNConfigError
 from .shared_ffn import SharedFFNSubmodules, SharedSwiGLU
@@ -81,18 +83,20 @@ def check_transformer_config(config: TransformerConfig, vffn: VersatileFFNConfig
 
 
 class VersatileFFN(SharedSwiGLU):
-    """The VersatileFFN block; constructor contract of megatron's ``MLP`` (``config``, ``submodules``)."""
+    """The VersatileFFN block; constructor contract of megatron's ``MLP`` (``config``, ``submodules``,
+    ``tp_group=None``: megatron's default TP group)."""
 
     def __init__(
         self,
         config: TransformerConfig,
         submodules: VersatileFFNSubmodules,
         vffn: Optional[VersatileFFNConfig] = None,
-        **kwargs,  # TransformerLayer may pass tp_group / is_expert / pg_collection: default TP group is used
+        tp_group: Optional[torch.distributed.ProcessGroup] = None,
+        **kwargs,  # other megatron MLP kwargs (is_expert, ...) do not apply to this block
     ):
         self.vffn = vffn or VersatileFFNConfig()
         check_transformer_config(config, self.vffn)
-        super().__init__(config=config, submodules=submodules)
+        super().__init__(config=config, submodules=submodules, tp_group=tp_group)
         tp = config.tensor_model_parallel_size
         d, ffn = config.hidden_size, config.ffn_hidden_size
         self.num_experts, self.top_k, self.max_depth = self.vffn.num_experts, self.vffn.top_k, self.vffn.max_depth
@@ -111,6 +115,7 @@ class VersatileFFN(SharedSwiGLU):
         # sampling, for tests that pin the noise.
         self.global_step = 0
         self.noise_seed = 1234
+        self.dp_rank, self.dp_size = 0, 1
         self._micro = 0
         self.noise_fn: Optional[Callable[[tuple, torch.device], torch.Tensor]] = None
         self.record_routing = False  # eval: keep each token's chosen loop count in .last_loops
@@ -118,11 +123,19 @@ class VersatileFFN(SharedSwiGLU):
         self.reset_stats()
 
     # ----------------------------------------------------------------- hooks used by the trainer
-    def set_step(self, step: int, seed: Optional[int] = None) -> None:
-        """Set the global step (temperature, noise) before each training step's micro-batches."""
+    def set_step(self, step: int, seed: Optional[int] = None, dp_rank: int = 0, dp_size: int = 1) -> None:
+        """Set the global step (temperature, noise) before each training step's micro-batches.
+
+        dp_rank / dp_size: this process's data-parallel rank and the DP world size, which number the step's
+        micro-batches across DP ranks in the noise seed (``runtime.set_vffn_step`` passes megatron's; the
+        defaults are a single process).
+        """
+        if not 0 <= int(dp_rank) < int(dp_size):
+            raise ValueError(f"set_step: need 0 <= dp_rank < dp_size, got dp_rank={dp_rank}, dp_size={dp_size}")
         self.global_step = int(step)
         if seed is not None:
             self.noise_seed = int(seed)
+        self.dp_rank, self.dp_size = int(dp_rank), int(dp_size)
         self._micro = 0
 
     @property
@@ -147,12 +160,8 @@ class VersatileFFN(SharedSwiGLU):
         # micro * dp_size + dp_rank numbers the step's micro-batches across data-parallel ranks. So it is
         # identical on all TP ranks of a DP rank (they must pick the same depths), different across DP ranks,
         # the same for DP=2 x GAS=1 as for DP=1 x GAS=2, and reproduced exactly on resume without RNG state.
-        if parallel_state.model_parallel_is_initialized():
-            dp_rank, dp_size = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
-        else:
-            dp_rank, dp_size = 0, 1
         gen = torch.Generator(device=device)
-        gen.manual_seed(_mix_seed(self.noise_seed, self.global_step, self._micro * dp_size + dp_rank,
+        gen.manual_seed(_mix_seed(self.noise_seed, self.global_step, self._micro * self.dp_size + self.dp_rank,
                                   self.layer_number or 0))
         return -torch.empty(shape, device=device, dtype=torch.float32).exponential_(generator=gen).log()
 
@@ -169,7 +178,7 @@ class VersatileFFN(SharedSwiGLU):
         (a view, no weight copy). h: [T, F/t] hidden activations; w_local: [T, N/t]; top_idx: [T, k] global ids.
         """
         T, n_loc, size = h.shape[0], self.local_experts, self.expert_size
-        lo = parallel_state.get_tensor_model_parallel_rank() * n_loc if self.config.tensor_model_parallel_size > 1 else 0
+        lo = get_pg_rank(self.tp_group) * n_loc  # this rank's first sub-expert
         local = top_idx - lo
         tok, slot = torch.nonzero((local >= 0) & (local < n_loc), as_tuple=True)
         expert = local[tok, slot]
@@ -197,7 +206,7 @@ class VersatileFFN(SharedSwiGLU):
         hw = h[wide_start:]
         width = self._width_partial(hw[:, 0], w_local[:, 0], top_idx).unsqueeze(1)
         both = reduce_from_tensor_model_parallel_region(
-            torch.cat([F.linear(h, self.linear_fc2.weight), width], dim=0))
+            torch.cat([F.linear(h, self.linear_fc2.weight), width], dim=0), group=self.tp_group)
         return both[: h.shape[0]], both[h.shape[0]:]
 
     def _maybe_recompute(self, fn, *args):
@@ -214,7 +223,7 @@ class VersatileFFN(SharedSwiGLU):
 
     def _local(self, w_full: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """This rank's slice of the per-expert weights; backward all-gathers the router gradient."""
-        return scatter_to_tensor_model_parallel_region(w_full.to(dtype).unsqueeze(1))
+        return scatter_to_tensor_model_parallel_region(w_full.to(dtype).unsqueeze(1), group=self.tp_group)
 
     # ----------------------------------------------------------------- forward
     def forward(self, hidden_states: torch.Tensor, **kwargs):

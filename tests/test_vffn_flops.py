@@ -1,0 +1,75 @@
+"""The FLOP model (vffn_megatron/flops.py): per-block ratios to the dense FFN and whole-model FLOPs per token."""
+import pytest
+
+from vffn_megatron.config import KLoopConfig, MoEConfig, VersatileFFNConfig
+from vffn_megatron.flops import (
+    dense_ffn_macs, ffn_flop_ratio, ffn_macs_per_token, num_flops_per_token, TRAIN_FLOPS_FORMULA,
+)
+
+
+def test_importable_without_megatron():
+    import subprocess
+    import sys
+
+    code = ("import sys, vffn_megatron.flops; "
+            "sys.exit(1 if any(m.startswith('megatron') for m in sys.modules) else 0)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_dense_is_one_and_kloop_is_k():
+    assert dense_ffn_macs(64, 128) == 3 * 64 * 128
+    assert ffn_macs_per_token(64, 128) == dense_ffn_macs(64, 128)
+    assert ffn_flop_ratio(64, 128) == 1
+    for k in (1, 2, 5):
+        assert ffn_flop_ratio(64, 128, KLoopConfig(loops=k)) == k
+
+
+def test_moe_is_top_k_plus_router():
+    d, F = 64, 128
+    moe = MoEConfig(num_experts=4, top_k=2)
+    assert ffn_macs_per_token(d, F, moe) == 2 * 3 * d * F + d * 4
+    assert ffn_flop_ratio(d, F, moe) == pytest.approx(2 + 4 / (3 * F))
+
+
+@pytest.mark.parametrize("N,k,D,F", [(8, 2, 4, 1408), (4, 2, 3, 128), (8, 1, 1, 64)])
+def test_vffn_train_is_D_plus_width_share_plus_routers(N, k, D, F):
+    d = 32
+    v = VersatileFFNConfig(num_experts=N, top_k=k, max_depth=D)
+    assert ffn_flop_ratio(d, F, v) == pytest.approx(D + (k / N) / 3 + (N + D) / (3 * F), rel=1e-12)
+    assert ffn_macs_per_token(d, F, v) == D * 3 * d * F + d * F * k // N + d * (N + D)  # N divides F
+
+
+def test_vffn_inference_at_measured_depths():
+    d, F = 32, 1408
+    v = VersatileFFNConfig(num_experts=8, top_k=2, max_depth=4)
+    r = ffn_flop_ratio(d, F, v, mean_loops=2.55, wide_share=0.7)
+    assert r == pytest.approx(2.55 + 0.7 * (2 / 8) / 3 + 12 / (3 * F), rel=1e-12)
+    # every token at full depth: no width path, the training count minus the width fc2
+    full = ffn_flop_ratio(d, F, v, mean_loops=4, wide_share=0.0)
+    assert full == pytest.approx(ffn_flop_ratio(d, F, v) - (2 / 8) / 3, rel=1e-12)
+
+
+def test_inference_arguments_are_checked():
+    with pytest.raises(ValueError, match="VersatileFFN inference only"):
+        ffn_macs_per_token(32, 64, KLoopConfig(), mean_loops=2.0, wide_share=0.5)
+    with pytest.raises(ValueError, match="both mean_loops and wide_share"):
+        ffn_macs_per_token(32, 64, VersatileFFNConfig(), mean_loops=2.0)
+    with pytest.raises(TypeError, match="no FLOP model"):
+        ffn_macs_per_token(32, 64, object())
+
+
+def test_num_flops_per_token_whole_model():
+    from types import SimpleNamespace
+
+    m = SimpleNamespace(hidden_size=64, ffn_hidden_size=128, num_layers=2, seq_length=128)
+    vocab = 4096
+    d, F, L, s = 64, 128, 2, 128
+    attn_and_output = 6 * (L * 4 * d * d + d * vocab) + 6 * L * s * d
+    assert num_flops_per_token(m, vocab) == attn_and_output + 6 * L * 3 * d * F
+    v = VersatileFFNConfig(num_experts=4, top_k=2, max_depth=3)
+    assert num_flops_per_token(m, vocab, v) == attn_and_output + 6 * L * (3 * 3 * d * F + d * F * 2 // 4 + d * 7)
+    assert num_flops_per_token(m, vocab, KLoopConfig(loops=3)) == attn_and_output + 6 * L * 3 * 3 * d * F
+    # the compare_tiny figures in results/compare.md: dense 2.16, VersatileFFN 2.81 MFLOP / token
+    assert f"{num_flops_per_token(m, vocab) / 1e6:.2f}" == "2.16"
+    assert f"{num_flops_per_token(m, vocab, v) / 1e6:.2f}" == "2.81"
+    assert "VersatileFFN D·3·h·F + h·F·k/N" in TRAIN_FLOPS_FORMULA

@@ -1,0 +1,83 @@
+"""The FLOP model of the FFN blocks and of the whole GPT model: the one place these formulas live.
+
+Everything is counted as matmul multiply-adds per token (= weights applied per token); a forward costs 2 FLOPs
+per multiply-add and a training step (forward + backward, backward = 2x forward) 6, so a block's ratio to the
+dense FFN is the same in training and at inference when it does the same work in both. Per token, with
+hidden size d, FFN hidden size F (SwiGLU: gate, up, down):
+
+* dense FFN: 3·d·F;
+* k-loop: k·3·d·F (the shared FFN applied k times);
+* MoE: top_k·3·d·F + d·N (the router);
+* VersatileFFN, training: D·3·d·F + d·F·k/N + d·(N+D): every token runs all D loops (the straight-through
+  depth mix needs every x_i), the width path an fc2 over its k of N sub-experts (its fc1 work is the first
+  loop's hidden activations) and the two routers; as a ratio D + (k/N)/3 + (N+D)/(3F);
+* VersatileFFN, inference: mean_loops·3·d·F + wide_share·d·F·k/N + d·(N+D): each token runs only its chosen
+  loops and the width fc2 only for the share of tokens with m > 0 (fewer than D loops).
+
+No megatron import: the benchmark, the comparison tool and the README's figures read it cheaply.
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+from .config import KLoopConfig, MoEConfig, VersatileFFNConfig
+
+FFNBlock = Union[None, KLoopConfig, MoEConfig, VersatileFFNConfig]  # None: the dense FFN
+
+# How compare.md states the model-level formula (num_flops_per_token), in the report's words (h = hidden).
+TRAIN_FLOPS_FORMULA = (
+    "Training FLOPs per token = 6 x (weights applied per token) + 6 x layers x seq x hidden (attention "
+    "scores and values), weights applied per token = layers x (4 h² attention + FFN part) + h x vocab "
+    "(output layer); FFN part: dense 3·h·F, k-loop k·3·h·F, MoE top_k·3·h·F + h·N (router), VersatileFFN "
+    "D·3·h·F + h·F·k/N (width fc2) + h·(N+D) (routers) — training runs all D loops for every token "
+    "(straight-through depth mix); at inference a token runs only its chosen loops.")
+
+
+def dense_ffn_macs(d: int, F: int) -> int:
+    """Multiply-adds per token of the dense SwiGLU FFN: gate, up and down projections."""
+    return 3 * d * F
+
+
+def ffn_macs_per_token(d: int, F: int, block: FFNBlock = None, *, mean_loops: Optional[float] = None,
+                       wide_share: Optional[float] = None) -> float:
+    """Multiply-adds per token of one FFN block's forward (see the module docstring for each block).
+
+    block: None (dense), a ``KLoopConfig``, a ``MoEConfig`` or a ``VersatileFFNConfig``. For VersatileFFN the
+    default is training; pass the measured ``mean_loops`` and ``wide_share`` for inference.
+    """
+    inference = mean_loops is not None or wide_share is not None
+    if inference and not isinstance(block, VersatileFFNConfig):
+        raise ValueError("mean_loops / wide_share describe VersatileFFN inference only")
+    dense = dense_ffn_macs(d, F)
+    if block is None:
+        return dense
+    if isinstance(block, KLoopConfig):
+        return block.loops * dense
+    if isinstance(block, MoEConfig):
+        return block.top_k * dense + d * block.num_experts
+    if isinstance(block, VersatileFFNConfig):
+        N, k, D = block.num_experts, block.top_k, block.max_depth
+        if inference and (mean_loops is None or wide_share is None):
+            raise ValueError("VersatileFFN inference needs both mean_loops and wide_share")
+        loops, wide = (mean_loops, wide_share) if inference else (D, 1)
+        return loops * dense + wide * d * F * k / N + d * (N + D)
+    raise TypeError(f"no FLOP model for an FFN block of type {type(block).__name__}")
+
+
+def ffn_flop_ratio(d: int, F: int, block: FFNBlock = None, *, mean_loops: Optional[float] = None,
+                   wide_share: Optional[float] = None) -> float:
+    """FLOPs of one FFN block relative to the dense FFN (same in training and inference: backward = 2x)."""
+    return ffn_macs_per_token(d, F, block, mean_loops=mean_loops, wide_share=wide_share) / dense_ffn_macs(d, F)
+
+
+def num_flops_per_token(model, vocab_size: int, block: FFNBlock = None) -> float:
+    """Training FLOPs per token of the whole GPT model (``TRAIN_FLOPS_FORMULA``), as OLMo-core's config has it.
+
+    model: anything with hidden_size, ffn_hidden_size, num_layers and seq_length (``GPTConfig``). Weights
+    applied per token: per layer the q, k, v, out projections (4·d², multi-head attention) and the FFN block,
+    plus the output layer (d·vocab; the input embedding is a lookup). Attention scores: QK^T and AV,
+    2 x s x d multiply-adds per token and layer, x3 for training.
+    """
+    d, F, L, s = model.hidden_size, model.ffn_hidden_size, model.num_layers, model.seq_length
+    weights = L * (4 * d * d + ffn_macs_per_token(d, F, block)) + d * vocab_size
+    return 6 * weights + 6 * L * s * d
