@@ -4,8 +4,8 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.vffn-installed
-# CPU-only machines: DeepSpeed's CPU accelerator, explicitly (silences its probe).
-export DS_ACCELERATOR ?= $(if $(shell command -v nvidia-smi 2>/dev/null),cuda,cpu)
+# No device settings here: the entry points (python -m pretrain..., tools/, tests/conftest.py) choose CUDA or
+# CPU and DeepSpeed's accelerator themselves, in vffn_megatron/device.py.
 
 .PHONY: setup quickstart test test-slow clean
 

@@ -17,6 +17,15 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-$([ -x "$REPO/.venv/bin/python" ] && echo "$REPO/.venv/bin/python" || echo python3)}"
 MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+
+# From vffn_megatron/device.py, in one interpreter start: DeepSpeed's accelerator (DS_ACCELERATOR if set, else
+# cuda or cpu; the launcher itself imports DeepSpeed, so it is exported here), the GPUs (or 2), a free port.
+read -r accelerator local_procs free_port < <("$PYTHON" -m vffn_megatron.device --ds-accelerator --nproc --free-port)
+export DS_ACCELERATOR="$accelerator"
+if [ "$DS_ACCELERATOR" = cpu ]; then
+    export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"  # the deepspeed launcher does not set it (torchrun does)
+fi
 
 args=(--master_addr "$MASTER_ADDR" --module --no_local_rank)  # LOCAL_RANK comes from the environment
 if [ -n "${HOSTFILE:-}" ]; then
@@ -25,16 +34,7 @@ if [ -n "${HOSTFILE:-}" ]; then
         args+=(--no_ssh --node_rank "${NODE_RANK:?NO_SSH needs NODE_RANK}")
     fi
 else
-    if [ -z "${NUM_GPUS:-}" ]; then
-        NUM_GPUS="$("$PYTHON" -c 'import torch; print(torch.cuda.device_count() or 2)')"
-    fi
-    port="${MASTER_PORT:-$("$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
-    args+=(--num_gpus "$NUM_GPUS" --master_port "$port")
+    args+=(--num_gpus "${NUM_GPUS:-$local_procs}" --master_port "${MASTER_PORT:-$free_port}")
 fi
-if ! "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
-    export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"
-    export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"  # the deepspeed launcher does not set it (torchrun does)
-fi
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 
 exec "$PYTHON" -m deepspeed.launcher.runner "${args[@]}" pretrain "$@"

@@ -36,23 +36,22 @@ PYTHON="${PYTHON:-$([ -x "$REPO/.venv/bin/python" ] && echo "$REPO/.venv/bin/pyt
 NNODES="${NNODES:-1}"
 NODE_RANK="${NODE_RANK:-0}"
 MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 
+# Device and port answers come from vffn_megatron/device.py (the workers choose CUDA/NCCL or CPU/gloo and
+# DeepSpeed's accelerator there too, by themselves).
 if [ -z "${NPROC_PER_NODE:-}" ]; then
-    NPROC_PER_NODE="$("$PYTHON" -c 'import torch; print(torch.cuda.device_count() or 2)')"
+    NPROC_PER_NODE="$("$PYTHON" -m vffn_megatron.device --nproc)"  # the GPUs, or 2 without one
 fi
 if [ -z "${MASTER_PORT:-}" ]; then
     if [ "$NNODES" = 1 ]; then  # any free port (not 29500: DeepSpeed's default, often taken)
-        MASTER_PORT="$("$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+        MASTER_PORT="$("$PYTHON" -m vffn_megatron.device --free-port)"
     else
         MASTER_PORT=29533
     fi
 fi
-if ! "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
-    export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"  # DeepSpeed's CPU accelerator (gloo)
-fi
 # torchrun forwards SIGTERM to the workers and SIGKILLs them after this many seconds: time to checkpoint.
 export TORCH_ELASTIC_SHUTDOWN_TIMEOUT="${SHUTDOWN_TIMEOUT:-240}"
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 
 # This node's workers, by global rank: torchrun's static rendezvous numbers node n's local ranks
 # n*NPROC_PER_NODE .. n*NPROC_PER_NODE+NPROC_PER_NODE-1 (not known for NPROC_PER_NODE=gpu|auto).

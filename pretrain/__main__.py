@@ -79,10 +79,9 @@ def _main(argv: list[str] | None = None) -> int:
     # intermixed: overrides may stand on both sides of a flag (`a.x=1 --check b.y=2`)
     args = _parser().parse_intermixed_args(argv)
     quiet_library_warnings()
-    import torch
+    from vffn_megatron.device import configure_environment
 
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed's CPU accelerator, without its probe warning
+    configure_environment()  # DS_ACCELERATOR, before anything imports DeepSpeed
     from .checkpoint import check_layout, check_same_model, resolve_resume
     from .checks import preflight
     from .config import ConfigError, load_config, validate

@@ -22,10 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--json", help="also write the results to this file (rank 0)")
     args = p.parse_args(argv)
-    import torch
+    from vffn_megatron.device import configure_environment
 
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    configure_environment()  # DS_ACCELERATOR, before anything imports DeepSpeed
     import torch.distributed as dist
 
     from .checks import preflight

@@ -13,6 +13,8 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
+from vffn_megatron.device import use_cuda
+
 from .config import RunConfig
 
 
@@ -90,7 +92,7 @@ def loader(dataset, cfg: RunConfig, consumed: int, total: int, dp_rank: int, dp_
     sampler = DataParallelBatchSampler(total, consumed, cfg.schedule.micro_batch_size, dp_rank, dp_size)
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
-        pin_memory=torch.cuda.is_available(), persistent_workers=False,
+        pin_memory=use_cuda(), persistent_workers=False,
     )
 
 

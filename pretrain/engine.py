@@ -1,6 +1,6 @@
 """DeepSpeed engine around the megatron GPTModel: ZeRO 0-3 over megatron's data-parallel group.
 
-Facts this relies on (measured, see shared notes deepspeed-on-cpu.md):
+Facts this relies on (measured with the pinned DeepSpeed):
 * DeepSpeed must be given an ``mpu`` *adapter* exposing megatron's groups; without one it averages
   tensor-parallel shards' gradients as if they were data-parallel replicas (silently wrong).
 * ``gradient_clipping`` defaults to 1.0 in DeepSpeed: always written explicitly from the config.

@@ -30,17 +30,6 @@ def _run(cmd: list[str], env: dict | None = None) -> None:
         raise SystemExit(f"quickstart: step failed (exit {proc.returncode}): {' '.join(cmd[:6])} ...")
 
 
-def _free_port() -> int:
-    import socket
-
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port != 29500:  # DeepSpeed's default; other jobs may hold it
-            return port
-
-
 def tokenizer_step(out: Path, corpus: Path, vocab_size: int) -> Path:
     tok = out / "tokenizer"
     if (tok / "tokenizer.model").is_file():
@@ -66,15 +55,12 @@ def preprocess_step(out: Path, corpus: Path, tok: Path, workers: int) -> Path:
 
 def pretrain_step(out: Path, tok: Path, data: Path, nproc: int, tp: int, overrides: list[str]) -> None:
     print(f"[3/4] pretraining configs/tiny.yaml on {nproc} processes (TP={tp}, DP={nproc // tp})", flush=True)
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    import torch
+    from vffn_megatron.device import configure_environment, torchrun_command
 
-    if not torch.cuda.is_available():
-        env["DS_ACCELERATOR"] = "cpu"
-    _run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
-          "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-          "-m", "pretrain", "--config", "configs/tiny.yaml", f"output_dir={out}", f"data.tokenizer={tok}",
-          f"data.datasets=[{{path: {data}}}]", f"parallel.tensor_model_parallel_size={tp}", *overrides], env=env)
+    env = configure_environment({**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    _run(torchrun_command(nproc, [
+        "-m", "pretrain", "--config", "configs/tiny.yaml", f"output_dir={out}", f"data.tokenizer={tok}",
+        f"data.datasets=[{{path: {data}}}]", f"parallel.tensor_model_parallel_size={tp}", *overrides]), env=env)
 
 
 def export_step(out: Path, sample: str) -> None:

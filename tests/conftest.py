@@ -4,7 +4,9 @@ import sys
 
 import pytest
 
-os.environ.setdefault("DS_ACCELERATOR", "cpu" if not os.path.exists("/dev/nvidia0") else "cuda")
+from vffn_megatron.device import configure_environment
+
+configure_environment()  # DS_ACCELERATOR for this process and the ones it launches
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, os.path.dirname(__file__))  # test helpers (launch.py, pretrain_helpers.py, ...)
 

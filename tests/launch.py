@@ -2,17 +2,15 @@
 import os
 import signal
 import subprocess
-import sys
 
-from vffn_megatron.runtime import free_port
+from vffn_megatron.device import torchrun_command
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def torchrun(script: str, nproc: int, *args: str, timeout: float = 600, env: dict | None = None):
     """Run ``script args`` on ``nproc`` ranks; raise with the output on failure; kill the group on timeout."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
-           f"--master_addr=127.0.0.1", f"--master_port={free_port()}", script, *args]
+    cmd = torchrun_command(nproc, [script, *args])
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO, **(env or {})}
     proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)

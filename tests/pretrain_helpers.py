@@ -4,24 +4,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+from vffn_megatron.device import configure_environment
+
 REPO = Path(__file__).resolve().parent.parent
-PY = sys.executable
-
-
-def free_port() -> int:
-    """A free loopback port (never DeepSpeed's default 29500, which other jobs may hold)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port != 29500:
-            return port
 
 
 def make_tokenizer(directory: Path, vocab_size: int = 200) -> Path:
@@ -86,19 +75,11 @@ def run_overrides(ws: dict, output_dir: Path, **extra) -> list[str]:
 
 
 def launch_env(**extra) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO),
-           "TOKENIZERS_PARALLELISM": "false"}
-    if not os.path.exists("/dev/nvidia0"):
-        env["DS_ACCELERATOR"] = "cpu"
+    """Environment of a launched test process: one thread, unbuffered, this checkout, the device's accelerator."""
+    env = configure_environment({**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+                                 "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"})
     env.update(extra)
     return env
-
-
-def torchrun_cmd(nproc: int, args: list[str], port: int | None = None) -> list[str]:
-    """Single-node torchrun on an explicit free port (multi-node: see test_two_node_launch_matches_single_node)."""
-    port = port or free_port()
-    return [PY, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1", "--master_addr=127.0.0.1",
-            f"--master_port={port}", *args]
 
 
 class Proc:

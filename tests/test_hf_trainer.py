@@ -8,14 +8,16 @@ comparison comes from tests/scripts/hf_ckpt_reference.py, which reloads each che
 import math
 import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from launch import torchrun
-from pretrain_helpers import REPO, launch_env, read_losses, run_ok, torchrun_cmd
+from pretrain_helpers import REPO, launch_env, read_losses, run_ok
 from test_data_fixtures import bundled_docs, load_tool, paragraphs_jsonl, trained_tokenizer
+from vffn_megatron.device import torchrun_command
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 TOL = 1e-4
@@ -38,8 +40,8 @@ def _overrides(ws, out, arch, tp, zero, steps=6):
 
 
 def _train(ws, out, arch, tp, zero, steps=6):
-    cmd = torchrun_cmd(2, ["-m", "pretrain", "--config", str(REPO / "configs" / "tiny.yaml"),
-                           *_overrides(ws, out, arch, tp, zero, steps)])
+    cmd = torchrun_command(2, ["-m", "pretrain", "--config", str(REPO / "configs" / "tiny.yaml"),
+                               *_overrides(ws, out, arch, tp, zero, steps)])
     return run_ok(cmd, out.parent / f"{out.name}.log", TIMEOUT)
 
 
@@ -146,7 +148,7 @@ def test_import_dense_round_trip_and_resume(exports, ws):
 
     out = ws["root"] / "upcycled"
     over = _overrides(ws, out, "vffn", 2, 1, steps=2)
-    log = run_ok([torchrun_cmd(2, [])[0], str(REPO / "tools" / "import_hf.py"), "--hf", str(exports["dense_tp2_zero0"]),
+    log = run_ok([sys.executable, str(REPO / "tools" / "import_hf.py"), "--hf", str(exports["dense_tp2_zero0"]),
                   "--config", str(REPO / "configs" / "tiny.yaml"), *over, "--nproc", "2"],
                  ws["root"] / "import.log", TIMEOUT, env=_no_launcher_env())
     assert "upcycled dense -> VersatileFFN" in log

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from pretrain_helpers import REPO, Proc, free_port, launch_env, make_workspace, run_overrides
+from pretrain_helpers import REPO, Proc, launch_env, make_workspace, run_overrides
+from vffn_megatron.device import free_port
 
 START_TIMEOUT = 300   # imports + process group + first steps of 2 ranks on a busy 2-core machine
 STOP_TIMEOUT = 180    # finish the step, save, exit

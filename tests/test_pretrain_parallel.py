@@ -9,7 +9,8 @@ import math
 
 import pytest
 
-from pretrain_helpers import REPO, free_port, launch_env, make_workspace, run_ok, torchrun_cmd
+from pretrain_helpers import REPO, launch_env, make_workspace, run_ok
+from vffn_megatron.device import torchrun_command
 
 # fp32: the same arithmetic up to reduction order; measured differences are <= 2e-7.
 LOSS_ATOL = 2e-6
@@ -21,8 +22,8 @@ def parity(tmp_path_factory):
     ws = make_workspace(root / "ws")
     (root / "ws.json").write_text(json.dumps(ws))
     out = root / "out.json"
-    cmd = torchrun_cmd(2, [str(REPO / "tests" / "pretrain_scripts" / "parity.py"), str(root / "ws.json"), str(out),
-                           str(root / "runs")], port=free_port())
+    cmd = torchrun_command(2, [str(REPO / "tests" / "pretrain_scripts" / "parity.py"), str(root / "ws.json"),
+                               str(out), str(root / "runs")])
     run_ok(cmd, root / "log.txt", timeout=420, env=launch_env())
     return json.loads(out.read_text())
 
@@ -86,8 +87,8 @@ def test_bf16_tracks_fp32(tmp_path):
     ws = make_workspace(tmp_path / "ws")
     (tmp_path / "ws.json").write_text(json.dumps(ws))
     out = tmp_path / "out.json"
-    cmd = torchrun_cmd(2, [str(REPO / "tests" / "pretrain_scripts" / "bf16.py"), str(tmp_path / "ws.json"), str(out),
-                           str(tmp_path / "runs")])
+    cmd = torchrun_command(2, [str(REPO / "tests" / "pretrain_scripts" / "bf16.py"), str(tmp_path / "ws.json"),
+                               str(out), str(tmp_path / "runs")])
     run_ok(cmd, tmp_path / "log.txt", timeout=420)
     res = json.loads(out.read_text())
     for stage in (1, 2, 3):

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from pretrain_helpers import (REPO, Proc, free_port, launch_env, make_workspace, read_losses, run_ok,
-                              run_overrides, torchrun_cmd)
+from pretrain_helpers import REPO, Proc, launch_env, make_workspace, read_losses, run_ok, run_overrides
+from vffn_megatron.device import free_port, torchrun_command
 
 STEPS = 30
 TIMEOUT = 240
@@ -38,7 +38,7 @@ def ws(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(ws, tmp_path_factory):
     out = tmp_path_factory.mktemp("reference")
-    run_ok(torchrun_cmd(2, _args(ws, out, logging__tensorboard=True)), out / "log.txt", TIMEOUT)
+    run_ok(torchrun_command(2, _args(ws, out, logging__tensorboard=True)), out / "log.txt", TIMEOUT)
     return out
 
 
@@ -99,13 +99,13 @@ def test_tensorboard_scalars(reference):
 def test_resume_after_sigkill_matches(ws, reference, tmp_path):
     out = tmp_path / "killed"
     cmd = _args(ws, out)
-    with Proc(torchrun_cmd(2, cmd), tmp_path / "first.txt") as p:
+    with Proc(torchrun_command(2, cmd), tmp_path / "first.txt") as p:
         p.wait_for("checkpoints/step_00000006", timeout=TIMEOUT)
         p.signal(signal.SIGKILL, tree=True)  # torchrun and every rank, no chance to clean up
         p.p.wait()
     killed_at = max(read_losses(out))
     assert killed_at < STEPS, "the run finished before it was killed"
-    log = run_ok(torchrun_cmd(2, cmd), tmp_path / "second.txt", TIMEOUT)
+    log = run_ok(torchrun_command(2, cmd), tmp_path / "second.txt", TIMEOUT)
     start = _resumed_step(log)
     assert 6 <= start <= killed_at
     _assert_same(read_losses(out), read_losses(reference), range(start + 1, STEPS + 1))
@@ -120,7 +120,7 @@ def test_resume_after_sigterm_matches(ws, reference, tmp_path, sig):
     """SIGTERM (SLURM, k8s) and Ctrl-C both save a checkpoint and exit 0; the resumed run matches."""
     out = tmp_path / "terminated"
     cmd = _args(ws, out)
-    with Proc(torchrun_cmd(2, cmd), tmp_path / "first.txt") as p:
+    with Proc(torchrun_command(2, cmd), tmp_path / "first.txt") as p:
         p.wait_for("step 4/", timeout=TIMEOUT)
         p.signal(sig)  # to torchrun, which forwards it to the workers
         p.wait(TIMEOUT)
@@ -129,7 +129,7 @@ def test_resume_after_sigterm_matches(ws, reference, tmp_path, sig):
     assert m, first[-4000:]
     saved = int(m.group(1))
     assert saved < STEPS and (out / "checkpoints" / "latest").read_text().strip() == f"step_{saved:08d}"
-    log = run_ok(torchrun_cmd(2, cmd), tmp_path / "second.txt", TIMEOUT)
+    log = run_ok(torchrun_command(2, cmd), tmp_path / "second.txt", TIMEOUT)
     assert _resumed_step(log) == saved
     _assert_same(read_losses(out), read_losses(reference), range(saved + 1, STEPS + 1))
 

@@ -123,11 +123,10 @@ def bench_size(hidden: int, ffn: int, tokens: int, repeats: int, vffn_cfg) -> di
 
 def count_tp2_collectives(hidden: int, ffn: int, tokens: int, max_depth: int) -> dict:
     """Launch this script under torchrun with 2 ranks in --count-collectives mode; parse its JSON line."""
-    from vffn_megatron.runtime import free_port
+    from vffn_megatron.device import torchrun_command
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", os.path.abspath(__file__), "--count-collectives",
-           "--sizes", f"{hidden}x{ffn}", "--tokens", str(tokens), "--max-depth", str(max_depth)]
+    cmd = torchrun_command(2, [os.path.abspath(__file__), "--count-collectives", "--sizes", f"{hidden}x{ffn}",
+                               "--tokens", str(tokens), "--max-depth", str(max_depth)])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     for line in out.stdout.splitlines():

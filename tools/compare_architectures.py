@@ -154,7 +154,9 @@ def scalars(run_dir: Path) -> dict:
 
 def count_params(a, archs_cfg: dict) -> dict:
     """arch -> {'total', 'embedding', 'active'} parameter counts of the built models (one CPU process)."""
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from vffn_megatron.device import configure_environment
+
+    configure_environment()  # DS_ACCELERATOR, before anything imports DeepSpeed
     from pretrain.checks import preflight
     from pretrain.config import load_config
     from pretrain.train import build_model
@@ -376,7 +378,9 @@ def analyse(a, runs: list[dict], t0: float, cmd: str) -> str:
 def main(argv=None) -> int:
     t0 = time.time()
     a = parse_args(argv)
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from vffn_megatron.device import configure_environment
+
+    configure_environment()  # DS_ACCELERATOR (the trainer runs inherit it), before DeepSpeed is imported
     from pretrain.config import ConfigError, load_config
 
     try:

@@ -40,7 +40,9 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never wait on a hub
-    os.environ.setdefault("DS_ACCELERATOR", "cpu" if not os.path.exists("/dev/nvidia0") else "cuda")  # no probe
+    from vffn_megatron.device import configure_environment
+
+    configure_environment()  # DS_ACCELERATOR, before anything imports DeepSpeed
     import warnings
 
     for category in (UserWarning, FutureWarning, DeprecationWarning):  # megatron/Apex fallback notices

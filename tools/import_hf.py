@@ -34,7 +34,7 @@ def parse_args(argv=None):
 
 def _relaunch(nproc: int) -> int:
     """Re-run this script under torchrun with ``nproc`` local processes (gloo on CPU, NCCL on GPUs)."""
-    from vffn_megatron.runtime import free_port
+    from vffn_megatron.device import torchrun_command
 
     # --nproc is not forwarded: torchrun's parser would take it for an abbreviation of its own --nproc-per-node
     argv, skip = [], False
@@ -45,8 +45,7 @@ def _relaunch(nproc: int) -> int:
         skip = a == "--nproc"
         if not skip:
             argv.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
-           "--master_addr=127.0.0.1", f"--master_port={free_port()}", os.path.abspath(__file__), *argv]
+    cmd = torchrun_command(nproc, [os.path.abspath(__file__), *argv])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
     return subprocess.call(cmd, env=env)
 
@@ -55,10 +54,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if "RANK" not in os.environ and args.nproc and args.nproc > 1:
         return _relaunch(args.nproc)  # before the heavy imports: the ranks pay for them anyway
-    import torch
+    from vffn_megatron.device import configure_environment
 
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    configure_environment()  # DS_ACCELERATOR, before anything imports DeepSpeed
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from pretrain.config import ConfigError, load_config, validate
     from vffn_hf.convert import ConversionError

@@ -28,7 +28,9 @@ class RoutingError(ValueError):
 
 def load_model(checkpoint: str, step: int | None = None):
     """(model in eval mode, run config, tokenizer) of a VersatileFFN trainer checkpoint."""
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from vffn_megatron.device import configure_environment
+
+    configure_environment()  # DS_ACCELERATOR, before anything imports DeepSpeed
     import torch
 
     from pretrain.config import ConfigError, from_dict

@@ -38,10 +38,6 @@ def corpus_path() -> Path:
     return CORPUS_FILE
 
 
-def corpus_paths() -> list[Path]:
-    return [corpus_path()]
-
-
 def iter_documents(path: Path | None = None):
     """Yield the bundled corpus records (dicts with ``text``, ``title``, ``author``, ``part``)."""
     with gzip.open(path or corpus_path(), "rt", encoding="utf-8") as f:

@@ -16,6 +16,7 @@ from megatron.core.transformer.identity_op import IdentityOp
 from megatron.core.transformer.spec_utils import ModuleSpec
 
 from .config import KLoopConfig, MoEConfig, VFFNConfigError  # noqa: F401 (re-exported)
+from .device import use_cuda
 from .shared_ffn import SharedFFNSubmodules, SharedSwiGLU
 from .specs import get_dense_layer_spec
 
@@ -70,7 +71,7 @@ def configure_moe(tcfg, moe: MoEConfig):
     tcfg.moe_router_topk = moe.top_k
     tcfg.moe_ffn_hidden_size = tcfg.ffn_hidden_size
     # alltoall allocates a torch.cuda.Stream at construction in 0.16.1; allgather is device-agnostic.
-    tcfg.moe_token_dispatcher_type = "allgather" if not torch.cuda.is_available() else "alltoall"
+    tcfg.moe_token_dispatcher_type = "alltoall" if use_cuda() else "allgather"
     tcfg.moe_router_load_balancing_type = "aux_loss" if moe.aux_loss_coeff > 0 else "none"
     tcfg.moe_aux_loss_coeff = moe.aux_loss_coeff
     tcfg.__post_init__()

@@ -1,19 +1,23 @@
 """CPU compatibility for megatron-core 0.16.1.
 
-megatron-core calls CUDA even at TP=1 with no GPU (facts measured in shared/notes/megatron-core-on-cpu.md):
+megatron-core calls CUDA even at TP=1 with no GPU (measured on 0.16.1):
 RoPE and attention buffers allocate on ``torch.cuda.current_device()``, attention forks megatron's CUDA RNG
 tracker, ``tensor_parallel.checkpoint`` saves CUDA RNG states and ``dist_checkpointing.save`` calls
-``torch.cuda.synchronize``, and the default causal mask is built with ``device="cuda"``. This module maps exactly those calls onto the CPU.
+``torch.cuda.synchronize``, and the default causal mask is built with ``device="cuda"``. This module maps
+exactly those calls onto the CPU.
 
-It is **inert when CUDA is available**: :func:`apply` returns False and patches nothing, so the GPU path runs
-megatron-core unmodified. Call it after ``parallel_state.initialize_model_parallel`` and before
-``tensor_parallel.model_parallel_cuda_manual_seed`` (see :func:`vffn_megatron.runtime.init_megatron`).
+It is **inert when CUDA is available** (:func:`vffn_megatron.device.use_cuda`): :func:`apply` returns False
+and patches nothing, so the GPU path runs megatron-core unmodified. Call it after
+``parallel_state.initialize_model_parallel`` and before ``tensor_parallel.model_parallel_cuda_manual_seed``
+(see :func:`vffn_megatron.runtime.init_megatron`).
 """
 from __future__ import annotations
 
 import functools
 
 import torch
+
+from .device import use_cuda
 
 _APPLIED = False
 
@@ -35,14 +39,10 @@ def _cpu_causal_mask(sq: int) -> torch.Tensor:
     return torch.triu(torch.ones(sq, sq, dtype=torch.bool), diagonal=1)
 
 
-def is_applied() -> bool:
-    return _APPLIED
-
-
 def apply() -> bool:
     """Patch the CUDA-only calls megatron-core makes; no-op (returns False) when CUDA is available."""
     global _APPLIED
-    if torch.cuda.is_available():
+    if use_cuda():
         return False
     if _APPLIED:
         return True

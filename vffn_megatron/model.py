@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import VersatileFFNConfig, VFFNConfigError
+from .device import use_cuda
 
 
 @dataclass
@@ -59,7 +60,7 @@ def transformer_config(cfg: GPTConfig, tensor_parallel_size: int = 1, bf16: bool
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     if use_cpu_initialization is None:
-        use_cpu_initialization = not torch.cuda.is_available()
+        use_cpu_initialization = not use_cuda()
     return TransformerConfig(
         num_layers=cfg.num_layers, hidden_size=cfg.hidden_size, num_attention_heads=cfg.num_attention_heads,
         num_query_groups=cfg.num_query_groups, ffn_hidden_size=cfg.ffn_hidden_size,
@@ -103,6 +104,6 @@ def build_gpt_model(cfg: GPTConfig, vffn: Optional[VersatileFFNConfig] = None, t
         max_sequence_length=cfg.seq_length, position_embedding_type="rope", rotary_base=cfg.rotary_base,
         share_embeddings_and_output_weights=not cfg.untie_embeddings_and_output_weights,
     )
-    if torch.cuda.is_available():
+    if use_cuda():
         model = model.cuda()
     return model

@@ -1,4 +1,8 @@
-"""Process-group and megatron-core initialisation, device-agnostic (CUDA + NCCL, else CPU + gloo)."""
+"""Process-group and megatron-core initialisation, device-agnostic (CUDA + NCCL, else CPU + gloo).
+
+The device choice, free ports and the torchrun command line live in :mod:`vffn_megatron.device` (no
+megatron import, usable from launchers); they are re-exported here.
+"""
 from __future__ import annotations
 
 import datetime
@@ -9,10 +13,15 @@ import torch
 import torch.distributed as dist
 
 from . import cpu_compat
+from .device import backend, configure_environment, ds_accelerator, free_port, torchrun_command, use_cuda
+
+__all__ = ["backend", "configure_environment", "destroy", "device", "ds_accelerator", "free_port",
+           "init_distributed", "init_megatron", "set_vffn_step", "torchrun_command", "use_cuda", "vffn_modules"]
 
 
 def device() -> torch.device:
-    if torch.cuda.is_available():
+    """This rank's device: its current CUDA device, or the CPU."""
+    if use_cuda():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 
@@ -25,8 +34,7 @@ def init_distributed(timeout_minutes: int = 30) -> None:
     """
     if dist.is_initialized():
         return
-    cuda = torch.cuda.is_available()
-    backend = "nccl" if cuda else "gloo"
+    cuda = use_cuda()
     timeout = datetime.timedelta(minutes=timeout_minutes)
     if "RANK" not in os.environ:
         # One process: an in-memory store, no TCP port (picking a "free" port races with other jobs that
@@ -35,11 +43,11 @@ def init_distributed(timeout_minutes: int = 30) -> None:
         os.environ.setdefault("MASTER_PORT", str(free_port()))
         if cuda:
             torch.cuda.set_device(0)
-        dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
+        dist.init_process_group(backend=backend(), store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
         return
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend=backend, timeout=timeout)
+    dist.init_process_group(backend=backend(), timeout=timeout)
 
 
 def init_megatron(tensor_parallel_size: int = 1, seed: int = 1234) -> None:
@@ -65,14 +73,6 @@ def destroy() -> None:
         parallel_state.destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def vffn_modules(model: torch.nn.Module) -> Iterator:

@@ -18,11 +18,12 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from pretrain_helpers import free_port, run_overrides  # noqa: E402
+from pretrain_helpers import run_overrides  # noqa: E402
 
 from pretrain.checks import preflight  # noqa: E402
 from pretrain.config import load_config  # noqa: E402
 from pretrain.train import NonFiniteLossError, train  # noqa: E402
+from vffn_megatron.device import free_port  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -45,7 +45,9 @@ def reference(step_dir, tokens):
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from vffn_megatron.device import configure_environment
+
+    configure_environment()
     out_path, tokens = sys.argv[1], torch.load(sys.argv[2])
     results = {d: reference(d, tokens) for d in sys.argv[3:]}
     if int(os.environ["RANK"]) == 0:
