@@ -26,6 +26,8 @@ from vffn_megatron.config import VersatileFFNConfig
 from .config import ConfigError, RunConfig
 
 LATEST = "latest"
+# model.* keys that choose how the same function is computed, not the weights: may change on resume
+MODEL_RUNTIME_KEYS = {"attention_backend"}
 _TAG_RE = re.compile(r"^step_(\d+)$")
 
 
@@ -124,7 +126,7 @@ def check_same_model(point: ResumePoint, cfg: RunConfig) -> None:
             diff.append(f"{section}: {'null' if not a else 'set'} -> {'null' if not b else 'set'}")
             continue
         # tau / aux coeff / recompute may change; the rest shapes the weights or the function
-        keys = {"model": sorted(set(a) | set(b)), "vffn": VersatileFFNConfig.ARCH_FIELDS, "kloop": ["loops"],
+        keys = {"model": sorted((set(a) | set(b)) - MODEL_RUNTIME_KEYS), "vffn": VersatileFFNConfig.ARCH_FIELDS, "kloop": ["loops"],
                 "moe": ["num_experts", "top_k"]}[section]
         diff += [f"{section}.{k} {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
     if diff:

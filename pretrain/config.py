@@ -28,7 +28,7 @@ from typing import Any, List, Optional
 
 import yaml
 
-from vffn_megatron.config import KLoopConfig, MoEConfig
+from vffn_megatron.config import ATTENTION_BACKENDS, KLoopConfig, MoEConfig
 from vffn_megatron.config import VersatileFFNConfig, VFFNConfigError
 from vffn_megatron.model import GPTConfig
 
@@ -50,6 +50,9 @@ class ModelConfig(GPTConfig):
     # None: the tokenizer's vocabulary padded up to a multiple of make_vocab_size_divisible_by (and of TP).
     vocab_size: Optional[int] = None
     make_vocab_size_divisible_by: int = 128
+    # sdpa: torch's scaled_dot_product_attention (flash / memory-efficient kernels on GPUs, fused on CPU);
+    # local: megatron's DotProductAttention (materialises the s x s scores; kept for parity checks)
+    attention_backend: str = "sdpa"
 
     def gpt(self) -> GPTConfig:
         names = {f.name for f in dataclasses.fields(GPTConfig)}
@@ -404,6 +407,7 @@ def _choice(value: str, key: str, options: tuple) -> None:
 def validate(cfg: RunConfig, world_size: Optional[int] = None) -> None:
     """Checks that need no files; with ``world_size`` also the batch / parallel layout."""
     _choice(cfg.model.arch, "model.arch", ARCHS)
+    _choice(cfg.model.attention_backend, "model.attention_backend", ATTENTION_BACKENDS)
     _choice(cfg.precision, "precision", ("bf16", "fp32"))
     _choice(cfg.on_nonfinite, "on_nonfinite", ("stop", "skip"))
     _choice(cfg.schedule.decay_style, "schedule.decay_style", ("cosine", "constant"))

@@ -54,7 +54,8 @@ def build_model(cfg: RunConfig, vocab_size: int):
     gpt = cfg.model.gpt()
     gpt.vocab_size = vocab_size
     return build_gpt_model(gpt, cfg.vffn_or_none, cfg.parallel.tensor_model_parallel_size,
-                           bf16=cfg.precision == "bf16", kloop=cfg.kloop_or_none, moe=cfg.moe_or_none)
+                           bf16=cfg.precision == "bf16", kloop=cfg.kloop_or_none, moe=cfg.moe_or_none,
+                           attention_backend=cfg.model.attention_backend)
 
 
 def _micro_loss(engine, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:

@@ -98,3 +98,8 @@ class MoEConfig:
                                   f"({self.num_experts}), got {self.top_k!r}")
         if self.aux_loss_coeff < 0:
             raise VFFNConfigError(f"invalid MoE config: moe.aux_loss_coeff must be >= 0, got {self.aux_loss_coeff}")
+
+
+# model.attention_backend: sdpa = torch's scaled_dot_product_attention (vffn_megatron.attention.SDPAttention),
+# local = megatron-core's DotProductAttention
+ATTENTION_BACKENDS = ("sdpa", "local")

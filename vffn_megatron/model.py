@@ -74,13 +74,15 @@ def transformer_config(cfg: GPTConfig, tensor_parallel_size: int = 1, bf16: bool
 
 
 def build_gpt_model(cfg: GPTConfig, vffn: Optional[VersatileFFNConfig] = None, tensor_parallel_size: int = 1,
-                    bf16: bool = False, kloop=None, moe=None):
+                    bf16: bool = False, kloop=None, moe=None, attention_backend: str = "sdpa"):
     """GPTModel whose FFN is VersatileFFN (``vffn``), the k-loop baseline (``kloop``: KLoopConfig), megatron's
-    MoE (``moe``: MoEConfig), or the dense baseline (none given). Call init_megatron first."""
+    MoE (``moe``: MoEConfig), or the dense baseline (none given). ``attention_backend``: sdpa (torch's fused
+    scaled_dot_product_attention) or local (megatron's DotProductAttention): the same function, the same
+    weights. Call init_megatron first."""
     from megatron.core.models.gpt import GPTModel
 
     from .baselines import configure_moe, get_kloop_layer_spec, get_moe_layer_spec
-    from .specs import get_layer_spec
+    from .specs import get_layer_spec, with_attention_backend
 
     chosen = [n for n, v in (("vffn", vffn), ("kloop", kloop), ("moe", moe)) if v is not None]
     if len(chosen) > 1:
@@ -99,6 +101,7 @@ def build_gpt_model(cfg: GPTConfig, vffn: Optional[VersatileFFNConfig] = None, t
         spec = get_moe_layer_spec(moe)
     else:
         spec = get_layer_spec(None)
+    spec = with_attention_backend(spec, attention_backend)
     model = GPTModel(
         config=tcfg, transformer_layer_spec=spec, vocab_size=cfg.vocab_size,
         max_sequence_length=cfg.seq_length, position_embedding_type="rope", rotary_base=cfg.rotary_base,

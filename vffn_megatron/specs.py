@@ -14,7 +14,7 @@ from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer.identity_op import IdentityOp
 from megatron.core.transformer.spec_utils import ModuleSpec
 
-from .config import VersatileFFNConfig
+from .config import ATTENTION_BACKENDS, VersatileFFNConfig
 from .versatile_ffn import VersatileFFN, VersatileFFNSubmodules
 
 
@@ -32,9 +32,23 @@ if not any(isinstance(f, _KnownMLPFilter) for f in _layer_logger.filters):
     _layer_logger.addFilter(_KnownMLPFilter())
 
 
-def get_dense_layer_spec() -> ModuleSpec:
+def with_attention_backend(spec: ModuleSpec, backend: str = "sdpa") -> ModuleSpec:
+    """The layer spec with its core attention chosen: ``sdpa`` (torch's scaled_dot_product_attention, the
+    default: fused flash / memory-efficient kernels) or ``local`` (megatron's DotProductAttention)."""
+    from megatron.core.transformer.dot_product_attention import DotProductAttention
+
+    from .attention import SDPAttention
+
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"attention_backend must be one of {', '.join(ATTENTION_BACKENDS)}, got {backend!r}")
+    spec = copy.deepcopy(spec)
+    spec.submodules.self_attention.submodules.core_attention = SDPAttention if backend == "sdpa" else DotProductAttention
+    return spec
+
+
+def get_dense_layer_spec(attention_backend: str = "sdpa") -> ModuleSpec:
     """Dense SwiGLU baseline: megatron-core's own ``MLP`` with a pre-MLP RMSNorm."""
-    return get_gpt_layer_local_spec(normalization="RMSNorm")
+    return with_attention_backend(get_gpt_layer_local_spec(normalization="RMSNorm"), attention_backend)
 
 
 def get_vffn_mlp_spec(vffn: VersatileFFNConfig) -> ModuleSpec:
@@ -50,13 +64,13 @@ def get_vffn_mlp_spec(vffn: VersatileFFNConfig) -> ModuleSpec:
     )
 
 
-def get_layer_spec(vffn: Optional[VersatileFFNConfig] = None) -> ModuleSpec:
+def get_layer_spec(vffn: Optional[VersatileFFNConfig] = None, attention_backend: str = "sdpa") -> ModuleSpec:
     """The ``TransformerLayer`` spec for a VersatileFFN model, or the dense baseline when ``vffn`` is None.
 
     With VersatileFFN the layer's ``pre_mlp_layernorm`` becomes an identity: the block owns its RMSNorm
     because it re-applies it at every loop.
     """
-    spec = get_dense_layer_spec()
+    spec = get_dense_layer_spec(attention_backend)
     if vffn is None:
         return spec
     spec = copy.deepcopy(spec)
