@@ -53,5 +53,5 @@ def test_eval_skips_width_for_full_depth_tokens(megatron_tp1):
     x = torch.rand(4, 2, block.config.hidden_size) + 0.1  # positive: every token picks depth 3
     with torch.no_grad():
         block(x)
-    assert seen == [0]
+    assert seen and sum(seen) == 0  # called (every rank uses the weights alike), on no token
     assert block.pop_stats()["depth_counts"].tolist() == [0, 0, 8]

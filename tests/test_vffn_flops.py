@@ -73,3 +73,19 @@ def test_num_flops_per_token_whole_model():
     assert f"{num_flops_per_token(m, vocab) / 1e6:.2f}" == "2.16"
     assert f"{num_flops_per_token(m, vocab, v) / 1e6:.2f}" == "2.81"
     assert "VersatileFFN D·3·h·F + h·F·k/N" in TRAIN_FLOPS_FORMULA
+
+
+def test_compacted_training_ratio():
+    from vffn_megatron.flops import train_flop_ratio
+
+    d, F = 32, 1408
+    v = VersatileFFNConfig(num_experts=8, top_k=2, max_depth=4)
+    assert train_flop_ratio(d, F, v, mean_sampled_loops=2.5) == pytest.approx((4 + 5) / 3 + (2 / 8) / 3 + 12 / (3 * F))
+    # every token at full depth: the compacted backward does what the full one does
+    assert train_flop_ratio(d, F, v, mean_sampled_loops=4) == pytest.approx(train_flop_ratio(d, F, v))
+    assert train_flop_ratio(d, F, KLoopConfig(loops=3)) == 3
+    with pytest.raises(ValueError, match="in \\[1, 4\\]"):
+        train_flop_ratio(d, F, v, mean_sampled_loops=5)
+    m = type("M", (), dict(hidden_size=64, ffn_hidden_size=176, num_layers=2, seq_length=128))()
+    full, compact = num_flops_per_token(m, 512, v), num_flops_per_token(m, 512, v, mean_sampled_loops=1)
+    assert full - compact == pytest.approx(6 * 2 * 3 * 64 * 176 * (4 - 2) * 1)  # 2 layers x (D - (D+2)/3) x 3dF x 6

@@ -43,7 +43,8 @@ def test_submodule_calls_do_not_depend_on_chosen_depths(megatron_tp1, train):
         noise = torch.zeros(D)
         traces[depth] = _call_trace(block, x, depth_logits=logits, noise=noise, train=train)
     traces["mixed"] = _call_trace(block, x, train=train)
-    # the FFN runs D times whatever the depths (on empty slices when no token needs a loop)
-    assert traces[1].count("linear_fc1") == D
+    # the FFN runs D times whatever the depths (on empty slices when no token needs a loop); in training each
+    # loop after the first runs as two calls, the tokens still looping (autograd) and the others (values only)
+    assert traces[1].count("linear_fc1") == (2 * D - 1 if train else D)
     for key, trace in traces.items():
         assert trace == traces[1], f"depth {key}: {trace} != {traces[1]}"

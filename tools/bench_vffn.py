@@ -51,27 +51,41 @@ def _blocks(hidden: int, ffn: int, vffn_cfg):
     def straightforward(x):
         T = x.shape[0] * x.shape[1]
         if T not in gumbel:
-            gumbel[T] = -torch.empty(T, vffn_cfg.max_depth).exponential_().log()
+            gumbel[T] = -torch.empty(T, vffn_cfg.max_depth, device=x.device).exponential_().log()
         return block_forward(block, x, gumbel=gumbel[T])
 
     return block, dense, straightforward, [mlp]
 
 
 def _timed(fn) -> float:
+    import torch
+
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
     t = time.perf_counter()
     fn()
+    sync()
     return time.perf_counter() - t
 
 
 def bench_size(hidden: int, ffn: int, tokens: int, repeats: int, vffn_cfg) -> dict:
     import torch
 
-    from vffn_megatron.flops import ffn_flop_ratio
+    from vffn_megatron.device import use_cuda
+    from vffn_megatron.flops import ffn_flop_ratio, train_flop_ratio
 
     block, dense, naive, _ = _blocks(hidden, ffn, vffn_cfg)
     D = vffn_cfg.max_depth
-    x = torch.randn(tokens, 1, hidden)
-    probe = torch.randn(tokens, 1, hidden)
+    dev = "cuda" if use_cuda() else "cpu"
+    x = torch.randn(tokens, 1, hidden, device=dev)
+    probe = torch.randn(tokens, 1, hidden, device=dev)
+
+    def full_backward(h):  # today's algorithm before compaction: every loop of every token with its backward
+        block.compact_backward = False
+        try:
+            return block(h)
+        finally:
+            block.compact_backward = True
 
     def train(f):
         def run():
@@ -87,30 +101,46 @@ def bench_size(hidden: int, ffn: int, tokens: int, repeats: int, vffn_cfg) -> di
                 f(x)
         return run
 
-    variants = {"dense": dense, "ours": block, "naive": naive}
-    times = {f"{mode}_{name}": [] for mode in ("train", "eval") for name in variants}
+    variants = {"dense": dense, "ours": block, "naive": naive, "full_backward": full_backward}
+    times = {f"{mode}_{name}": [] for mode in ("train", "eval") for name in variants
+             if not (mode == "eval" and name == "full_backward")}  # the same eval path
     block.set_step(10**6)  # the late-training temperature
     for rep in range(repeats + 1):  # first round is warm-up
         for mode, wrap in (("train", train), ("eval", evaluate)):
             block.train(mode == "train")  # the straightforward algorithm follows the block's mode
             for name, f in variants.items():
+                if f"{mode}_{name}" not in times:
+                    continue
                 t = _timed(wrap(f))
                 if rep:
                     times[f"{mode}_{name}"].append(t)
     med = {key: statistics.median(v) for key, v in times.items()}
+
+    # the benchmark batch's sampled depths (the same noise stream as the timed training forwards)
+    block.train()
+    block.pop_stats()
+    with torch.no_grad():
+        block(x)
+    sampled = block.pop_stats()["depth_counts"]
+    L = torch.arange(1, D + 1, dtype=torch.float64)
+    mean_sampled = float((sampled * L).sum() / sampled.sum())
 
     block.eval()
     block.pop_stats()
     with torch.no_grad():
         block(x)
     depth_counts = block.pop_stats()["depth_counts"]
-    L = torch.arange(1, D + 1, dtype=torch.float64)
     mean_loops = float((depth_counts * L).sum() / depth_counts.sum())
     wide_share = float(depth_counts[:-1].sum() / depth_counts.sum())
     return {
         "d": hidden, "ffn": ffn, "tokens": tokens,
         "train_ratio": med["train_ours"] / med["train_dense"],
-        "train_flop_ratio": ffn_flop_ratio(hidden, ffn, vffn_cfg),
+        "train_flop_ratio": ffn_flop_ratio(hidden, ffn, vffn_cfg),  # the full-backward algorithm's
+        "train_compact_flop_ratio": train_flop_ratio(hidden, ffn, vffn_cfg, mean_sampled_loops=mean_sampled),
+        "train_ratio_vs_compact_flops": (med["train_ours"] / med["train_dense"])
+        / train_flop_ratio(hidden, ffn, vffn_cfg, mean_sampled_loops=mean_sampled),
+        "train_speedup_vs_full_backward": med["train_full_backward"] / med["train_ours"],
+        "mean_sampled_loops": mean_sampled,
         "train_speedup_vs_reference": med["train_naive"] / med["train_ours"],
         "eval_ratio": med["eval_ours"] / med["eval_dense"],
         "eval_expected_ratio": ffn_flop_ratio(hidden, ffn, vffn_cfg, mean_loops=mean_loops, wide_share=wide_share),
@@ -214,13 +244,15 @@ def main(argv=None) -> None:
         return
     print(f"VersatileFFN N={a.num_experts} k={a.top_k} D={a.max_depth}, {a.tokens} tokens, fp32, "
           f"{a.repeats} timed rounds (median)\n")
-    print("| d | F | train ratio | train FLOP ratio | train speedup vs straightforward | eval ratio "
-          "| eval expected | eval speedup vs full depth | mean loops |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| d | F | train ratio | train FLOP ratio (compact) | train speedup vs full backward | "
+          "train speedup vs straightforward | eval ratio | eval expected | eval speedup vs full depth | "
+          "mean sampled loops (train) | mean loops (eval) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['d']} | {r['ffn']} | {r['train_ratio']:.2f} | {r['train_flop_ratio']:.2f} | "
-              f"{r['train_speedup_vs_reference']:.2f}x | {r['eval_ratio']:.2f} | {r['eval_expected_ratio']:.2f} | "
-              f"{r['eval_speedup_vs_full_depth']:.2f}x | {r['mean_loops']:.2f} |")
+        print(f"| {r['d']} | {r['ffn']} | {r['train_ratio']:.2f} | {r['train_compact_flop_ratio']:.2f} | "
+              f"{r['train_speedup_vs_full_backward']:.2f}x | {r['train_speedup_vs_reference']:.2f}x | "
+              f"{r['eval_ratio']:.2f} | {r['eval_expected_ratio']:.2f} | {r['eval_speedup_vs_full_depth']:.2f}x | "
+              f"{r['mean_sampled_loops']:.2f} | {r['mean_loops']:.2f} |")
     if "tp2_collectives" in report:
         c = report["tp2_collectives"]
         print(f"\nTP=2 collectives in one block forward: train {c['train_forward_all_reduces']} all-reduces "

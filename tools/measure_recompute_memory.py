@@ -19,13 +19,17 @@ def main():
     from vffn_megatron.profiling import recompute_memory_table
 
     init_megatron(1, seed=0)
-    t = recompute_memory_table(a.hidden, a.ffn, a.tokens)
-    print(f"d={a.hidden} F={a.ffn} tokens={a.tokens} (fp32)\n")
-    print("| D | saved, no recompute (MiB) | saved, recompute (MiB) | ratio |")
-    print("|---|---|---|---|")
+    t = recompute_memory_table(a.hidden, a.ffn, a.tokens)  # the compacted backward (the trainer's)
+    full = recompute_memory_table(a.hidden, a.ffn, a.tokens, compact=False)
+    print(f"d={a.hidden} F={a.ffn} tokens={a.tokens} (fp32); compacted = the trainer's backward (only the "
+          f"loops a token's sampled depth uses keep activations), full = every loop of every token\n")
+    print("| D | full, no recompute (MiB) | compacted, no recompute (MiB) | full, recompute (MiB) "
+          "| compacted, recompute (MiB) | recompute / no recompute (compacted) |")
+    print("|---|---|---|---|---|---|")
     for depth in sorted({d for d, _ in t}):
         off, on = t[(depth, False)] / 2**20, t[(depth, True)] / 2**20
-        print(f"| {depth} | {off:.2f} | {on:.2f} | {on / off:.2f} |")
+        print(f"| {depth} | {full[(depth, False)] / 2**20:.2f} | {off:.2f} | {full[(depth, True)] / 2**20:.2f} | "
+              f"{on:.2f} | {on / off:.2f} |")
     d1, d8 = t.get((1, True)), t.get((8, True))
     if d1 and d8:
         print(f"\ngrowth D=1 -> D=8: no recompute {t[(8, False)] / t[(1, False)]:.2f}x, recompute {d8 / d1:.2f}x")

@@ -8,9 +8,12 @@ hidden size d, FFN hidden size F (SwiGLU: gate, up, down):
 * dense FFN: 3·d·F;
 * k-loop: k·3·d·F (the shared FFN applied k times);
 * MoE: top_k·3·d·F + d·N (the router);
-* VersatileFFN, training: D·3·d·F + d·F·k/N + d·(N+D): every token runs all D loops (the straight-through
-  depth mix needs every x_i), the width path an fc2 over its k of N sub-experts (its fc1 work is the first
-  loop's hidden activations) and the two routers; as a ratio D + (k/N)/3 + (N+D)/(3F);
+* VersatileFFN, training forward: D·3·d·F + d·F·k/N + d·(N+D): every token runs all D loops (the
+  straight-through depth mix needs every x_i as a value), the width path an fc2 over its k of N sub-experts
+  (its fc1 work is the first loop's hidden activations) and the two routers. The backward (2x) runs only
+  through the loops a token's sampled depth L uses (deeper loops have exactly zero gradient), so a training
+  step costs, relative to the dense FFN's, (D + 2·E[L])/3 + (k/N)/3 + (N+D)/(3F) (``train_flop_ratio`` with
+  the measured mean sampled depth E[L]); the full-backward algorithm would cost D + (k/N)/3 + (N+D)/(3F);
 * VersatileFFN, inference: mean_loops·3·d·F + wide_share·d·F·k/N + d·(N+D): each token runs only its chosen
   loops and the width fc2 only for the share of tokens with m > 0 (fewer than D loops).
 
@@ -70,14 +73,32 @@ def ffn_flop_ratio(d: int, F: int, block: FFNBlock = None, *, mean_loops: Option
     return ffn_macs_per_token(d, F, block, mean_loops=mean_loops, wide_share=wide_share) / dense_ffn_macs(d, F)
 
 
-def num_flops_per_token(model, vocab_size: int, block: FFNBlock = None) -> float:
+def train_flop_ratio(d: int, F: int, block: FFNBlock = None, *, mean_sampled_loops: Optional[float] = None) -> float:
+    """Training FLOPs (forward + backward) of one FFN block relative to the dense FFN's.
+
+    For VersatileFFN with ``mean_sampled_loops`` (E[L], the mean sampled depth) the compacted backward:
+    (D + 2·E[L])/3 + (k/N)/3 + (N+D)/(3F); without it (or any other block) the forward ratio, which is also
+    the full-backward algorithm's (every loop with its backward)."""
+    if mean_sampled_loops is None:
+        return ffn_flop_ratio(d, F, block)
+    if not isinstance(block, VersatileFFNConfig):
+        raise ValueError("mean_sampled_loops describes VersatileFFN training only")
+    N, k, D = block.num_experts, block.top_k, block.max_depth
+    if not 1 <= mean_sampled_loops <= D:
+        raise ValueError(f"mean_sampled_loops must be in [1, {D}], got {mean_sampled_loops}")
+    return (D + 2 * mean_sampled_loops) / 3 + (k / N) / 3 + (N + D) / (3 * F)
+
+
+def num_flops_per_token(model, vocab_size: int, block: FFNBlock = None, *,
+                        mean_sampled_loops: Optional[float] = None) -> float:
     """Training FLOPs per token of the whole GPT model (``TRAIN_FLOPS_FORMULA``), as OLMo-core's config has it.
 
     model: anything with hidden_size, ffn_hidden_size, num_layers and seq_length (``GPTConfig``). Weights
     applied per token: per layer the q, k, v, out projections (4·d², multi-head attention) and the FFN block,
     plus the output layer (d·vocab; the input embedding is a lookup). Attention scores: QK^T and AV,
-    2 x s x d multiply-adds per token and layer, x3 for training.
+    2 x s x d multiply-adds per token and layer, x3 for training. VersatileFFN: all D loops' backward unless
+    the measured ``mean_sampled_loops`` is given (the compacted backward the trainer runs).
     """
     d, F, L, s = model.hidden_size, model.ffn_hidden_size, model.num_layers, model.seq_length
-    weights = L * (4 * d * d + ffn_macs_per_token(d, F, block)) + d * vocab_size
-    return 6 * weights + 6 * L * s * d
+    ffn = dense_ffn_macs(d, F) * train_flop_ratio(d, F, block, mean_sampled_loops=mean_sampled_loops)
+    return 6 * (L * (4 * d * d + ffn) + d * vocab_size) + 6 * L * s * d

@@ -26,8 +26,11 @@ def saved_activation_bytes(fn: Callable[[], torch.Tensor], params: list[torch.Te
     return sum(seen.values())
 
 
-def recompute_memory_table(hidden: int, ffn: int, tokens: int, depths=(1, 2, 4, 8)) -> dict:
-    """{(D, recompute): saved bytes} for one VersatileFFN layer in train mode (megatron must be initialised)."""
+def recompute_memory_table(hidden: int, ffn: int, tokens: int, depths=(1, 2, 4, 8), compact: bool = True) -> dict:
+    """{(D, recompute): saved bytes} for one VersatileFFN layer in train mode (megatron must be initialised).
+
+    compact: the trainer's compacted backward (loops past a token's sampled depth saved nothing), else the
+    full-backward algorithm. The sampled depths are those of the block's first step (temperature tau_start)."""
     from megatron.core.transformer.spec_utils import build_module
 
     from .config import VersatileFFNConfig
@@ -41,5 +44,6 @@ def recompute_memory_table(hidden: int, ffn: int, tokens: int, depths=(1, 2, 4, 
         for recompute in (False, True):
             vffn = VersatileFFNConfig(max_depth=depth, recompute=recompute)
             block = build_module(get_vffn_mlp_spec(vffn), config=tcfg).train()
+            block.compact_backward = compact
             table[(depth, recompute)] = saved_activation_bytes(lambda: block(x)[0], list(block.parameters()))
     return table

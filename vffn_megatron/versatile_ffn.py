@@ -27,6 +27,7 @@ Gumbel noise comes in through ``set_step``. The block itself never asks ``parall
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional
 
 import torch
@@ -188,26 +189,61 @@ class VersatileFFN(SharedSwiGLU):
         w2 = self.linear_fc2.weight.view(-1, n_loc, size)  # [d, N/t, size]
         counts = torch.bincount(expert, minlength=n_loc).tolist()
         outs, start = [], 0
-        for e, c in enumerate(counts):
-            if c:
-                outs.append(rows[start:start + c] @ w2[:, e, :].t())
+        for e, c in enumerate(counts):  # empty groups too: the output stays in the autograd graph (router grads)
+            outs.append(rows[start:start + c] @ w2[:, e, :].t())
             start += c
-        out = torch.cat(outs, 0) if outs else rows.new_zeros(0, w2.shape[0])
+        out = torch.cat(outs, 0)
         return torch.zeros(T, w2.shape[0], dtype=out.dtype, device=out.device).index_add(0, tok, out)
 
-    def _first_loop(self, u: torch.Tensor, w_local: torch.Tensor, top_idx: torch.Tensor, wide_start: int = 0):
+    def _first_loop(self, u: torch.Tensor, w_local: torch.Tensor, top_idx: torch.Tensor, n_values: int = 0):
         """Loop 1 plus the width delta from the same hidden activations, reduced across TP in one all-reduce.
 
-        w_local: [T_w, 1, N/t] width weights of this rank's sub-experts and top_idx [T_w, k] for the tokens
-        ``u[wide_start:]`` (all tokens by default). fc2 is applied with linear_fc2's weight directly (as its
-        RowParallelLinear forward would) so both partial sums share megatron's single TP reduction.
+        w_local: [W, 1, N/t] width weights of this rank's sub-experts and top_idx [W, k] for the LAST W tokens of
+        ``u`` (all tokens in training, the tokens with m > 0 at eval). The first ``n_values`` of those W are
+        computed as values only (no autograd): training's tokens at full depth, whose m = 0 gives their width
+        path no gradient but whose width value still enters m's. fc2 is applied with linear_fc2's weight
+        directly (as its RowParallelLinear forward would) so all partial sums share megatron's single TP
+        reduction. Both width calls always run (on empty slices if need be): the same parameter uses on every
+        rank, whatever its tokens.
         """
         h = self._hidden(u)
-        hw = h[wide_start:]
-        width = self._width_partial(hw[:, 0], w_local[:, 0], top_idx).unsqueeze(1)
+        hw = h[h.shape[0] - w_local.shape[0]:, 0]
+        with torch.no_grad():
+            values = self._width_partial(hw[:n_values], w_local[:n_values, 0], top_idx[:n_values])
+        width = self._width_partial(hw[n_values:], w_local[n_values:, 0], top_idx[n_values:])
         both = reduce_from_tensor_model_parallel_region(
-            torch.cat([F.linear(h, self.linear_fc2.weight), width], dim=0), group=self.tp_group)
+            torch.cat([F.linear(h, self.linear_fc2.weight), values.unsqueeze(1), width.unsqueeze(1)], dim=0),
+            group=self.tp_group)
         return both[: h.shape[0]], both[h.shape[0]:]
+
+    def _active_partial(self, x: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
+        """This rank's un-reduced fc2 output of one loop on x + acc (the TP reduction is the caller's)."""
+        return F.linear(self._hidden(x + acc), self.linear_fc2.weight)
+
+    def _next_loop(self, x: torch.Tensor, acc: torch.Tensor, n_active: int) -> torch.Tensor:
+        """acc_i = acc_{i-1} + FFN(norm(x + acc_{i-1})) for tokens sorted deepest first.
+
+        The first ``n_active`` tokens (still looping: L >= i) run with autograd (recomputed in backward with
+        vffn.recompute); the rest only as values (no_grad: nothing saved, no backward), since their loss
+        does not depend on loops past their own depth. Both parts share ONE fc2 all-reduce, and both always
+        run (on empty slices if need be), so TP collectives and ZeRO-3 gathers do not depend on the data.
+        """
+        active = self._maybe_recompute(self._active_partial, x[:n_active], acc[:n_active])
+        with torch.no_grad():
+            tail = self._active_partial(x[n_active:], acc[n_active:])
+        return acc + reduce_from_tensor_model_parallel_region(torch.cat([active, tail], dim=0), group=self.tp_group)
+
+    @staticmethod
+    def _depth_order(L: torch.Tensor, D: int) -> tuple[torch.Tensor, list]:
+        """Tokens sorted deepest first (stable) and n_at_least[i] = #(L >= i), i = 0..D (host integers).
+
+        Sorted, the tokens still looping at loop i are a prefix and the tokens with a width share (L < D,
+        m > 0) a suffix, so every loop works on contiguous slices: one gather before, one scatter after.
+        The counts are identical on all TP ranks (same inputs, replicated depth router).
+        """
+        order = torch.argsort(L, descending=True, stable=True)
+        n_at_least = torch.bincount(L, minlength=D + 1).flip(0).cumsum(0).flip(0).tolist()
+        return order, n_at_least
 
     def _maybe_recompute(self, fn, *args):
         if self.vffn.recompute and self.training and torch.is_grad_enabled():
@@ -237,27 +273,61 @@ class VersatileFFN(SharedSwiGLU):
                 self.last_loops = self._last_L.view(s, b).t().cpu()
         return delta.reshape(s, b, d), None
 
-    def _forward_train(self, x: torch.Tensor) -> torch.Tensor:
-        T, D = x.shape[0], self.max_depth
-        w_full, top_idx, logits = self._width_weights(x[:, 0])
-        # Depth choice: hard Gumbel-softmax, straight-through gradient.
+    # Training backward through loops deeper than a token's sampled depth L is exactly zero (the
+    # straight-through depth mix's value is x_L), so those loops run as values only: training costs
+    # (D + 2 E[L]) / 3 dense FFNs (+ the width fc2) instead of D. Set False to time the full-backward
+    # algorithm (tools/bench_vffn.py); both compute the same numbers to fp32 round-off.
+    compact_backward = True
+
+    def _depth_choice(self, x: torch.Tensor):
+        """Hard Gumbel-softmax depth choice with straight-through gradient: (y [T, D], loops per token L)."""
         q = self.depth_router(x[:, 0]).float()
         y_soft = torch.softmax((q + self._gumbel_noise(tuple(q.shape), q.device)) / self.tau, dim=-1)
         choice = y_soft.argmax(dim=-1)
-        y_hard = F.one_hot(choice, D).to(y_soft.dtype)
-        y = y_hard - y_soft.detach() + y_soft  # [T, D]
+        y = F.one_hot(choice, self.max_depth).to(y_soft.dtype) - y_soft.detach() + y_soft
         self._micro += 1
+        return y, choice + 1
 
-        acc, width_delta = self._maybe_recompute(self._first_loop, x, self._local(w_full, x.dtype), top_idx)
-        deep_delta = y[:, 0, None, None].to(x.dtype) * acc
-        for i in range(1, D):  # acc_i = x_i - x, accumulated as deltas
-            acc = acc + self._maybe_recompute(self._loop_from_delta, x, acc)
-            deep_delta = deep_delta + y[:, i, None, None].to(x.dtype) * acc
+    def _mix(self, y: torch.Tensor, deep: torch.Tensor, wide: torch.Tensor) -> torch.Tensor:
+        """out = (1 - m) x_deep + m x_wide, m = (D - loops) / D with loops = sum_i i y_i (straight-through)."""
+        D = self.max_depth
         loops = (y * torch.arange(1, D + 1, device=y.device, dtype=y.dtype)).sum(-1)
-        m = ((D - loops) / D).to(x.dtype)[:, None, None]
-        out = (1 - m) * deep_delta + m * width_delta
+        m = ((D - loops) / D).to(deep.dtype)[:, None, None]
+        return (1 - m) * deep + m * wide
 
-        self._record_stats(choice + 1, top_idx)
+    def _forward_train(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.compact_backward:
+            return self._forward_train_full_backward(x)
+        D = self.max_depth
+        w_full, top_idx, logits = self._width_weights(x[:, 0])
+        y, L = self._depth_choice(x)
+        order, n_at_least = self._depth_order(L, D)
+        xs, ys = x.index_select(0, order), y.index_select(0, order)
+        first = functools.partial(self._first_loop, n_values=n_at_least[D])  # recompute takes tensor args only
+        acc, wide = self._maybe_recompute(first, xs, self._local(w_full.index_select(0, order), x.dtype),
+                                          top_idx.index_select(0, order))
+        deep = ys[:, 0, None, None].to(x.dtype) * acc
+        for i in range(2, D + 1):  # acc_i = x_i - x, accumulated as deltas; autograd only for L >= i
+            acc = self._next_loop(xs, acc, n_at_least[i])
+            deep = deep + ys[:, i - 1, None, None].to(x.dtype) * acc
+        out = self._mix(ys, deep, wide)
+        out = torch.empty_like(out).index_copy(0, order, out)  # back to the batch's token order
+        return self._finish_train(out, L, top_idx, logits)
+
+    def _forward_train_full_backward(self, x: torch.Tensor) -> torch.Tensor:
+        """The original algorithm: every loop of every token with autograd (benchmark baseline only)."""
+        D = self.max_depth
+        w_full, top_idx, logits = self._width_weights(x[:, 0])
+        y, L = self._depth_choice(x)
+        acc, wide = self._maybe_recompute(self._first_loop, x, self._local(w_full, x.dtype), top_idx)
+        deep = y[:, 0, None, None].to(x.dtype) * acc
+        for i in range(1, D):
+            acc = acc + self._maybe_recompute(self._loop_from_delta, x, acc)
+            deep = deep + y[:, i, None, None].to(x.dtype) * acc
+        return self._finish_train(self._mix(y, deep, wide), L, top_idx, logits)
+
+    def _finish_train(self, out, L, top_idx, logits):
+        self._record_stats(L, top_idx)
         if self.vffn.aux_loss_coeff > 0 and torch.is_grad_enabled():
             aux = self._load_balancing_loss(logits, top_idx)
             out = MoEAuxLossAutoScaler.apply(out, aux * self.vffn.aux_loss_coeff)
@@ -265,18 +335,14 @@ class VersatileFFN(SharedSwiGLU):
 
     @torch.no_grad()
     def _forward_eval(self, x: torch.Tensor) -> torch.Tensor:
-        T, D = x.shape[0], self.max_depth
+        D = self.max_depth
         L = self.depth_router(x[:, 0]).float().argmax(dim=-1) + 1  # loops per token, 1..D
-        # Tokens sorted deepest first: the tokens still looping at loop i are a prefix and the tokens with
-        # a width share (L < D, m > 0) a suffix, so each loop works on contiguous views, with one gather
-        # here and one scatter at the end instead of per-loop index ops.
-        order = torch.argsort(L, descending=True, stable=True)
-        n_at_least = torch.bincount(L, minlength=D + 1).flip(0).cumsum(0).flip(0).tolist()  # [i] = #(L >= i)
+        order, n_at_least = self._depth_order(L, D)
         xs = x.index_select(0, order)
         m = ((D - L.index_select(0, order)).to(x.dtype) / D)[:, None, None]
         wide = n_at_least[D]  # sorted position of the first token that uses the width path
         w_full, top_idx, _ = self._width_weights(xs[wide:, 0])
-        acc, width_delta = self._first_loop(xs, self._local(w_full, x.dtype), top_idx, wide)
+        acc, width_delta = self._first_loop(xs, self._local(w_full, x.dtype), top_idx)  # width: the last T - wide
         u = xs + acc
         for i in range(2, D + 1):
             # Every loop runs, on an empty slice if no local token needs it: the number of FFN calls must not
