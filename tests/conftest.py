@@ -8,7 +8,7 @@ from vffn_megatron.device import configure_environment
 
 configure_environment()  # DS_ACCELERATOR for this process and the ones it launches
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, os.path.dirname(__file__))  # test helpers (launch.py, pretrain_helpers.py, ...)
+sys.path.insert(0, os.path.dirname(__file__))  # the helpers package (tests/helpers/)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,9 @@ import sys
 
 import pytest
 
-from pretrain_helpers import REPO, launch_env, make_dataset, make_tokenizer
+from helpers import REPO
+from helpers.procs import launch_env
+from helpers.workspace import make_dataset, make_tokenizer
 
 PY = sys.executable
 

@@ -11,7 +11,8 @@ import time
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from test_data_fixtures import REPO, bundled_docs, leftovers, load_tool, outputs_exist, trained_tokenizer, write_lines
+from helpers import REPO
+from helpers.data import bundled_docs, leftovers, load_tool, outputs_exist, trained_tokenizer, write_lines
 from vffn_data.tokenizer import load_tokenizer
 
 TOOL = load_tool("preprocess_data")

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from test_data_fixtures import bundled_docs, load_tool, trained_tokenizer
+from helpers.data import bundled_docs, load_tool, trained_tokenizer
 from vffn_data.bundled import iter_documents
 from vffn_data.tokenizer import load_tokenizer
 

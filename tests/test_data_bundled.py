@@ -3,7 +3,8 @@ import sys
 
 import pytest
 
-from test_data_fixtures import REPO, trained_tokenizer
+from helpers import REPO
+from helpers.data import trained_tokenizer
 from vffn_data.bundled import corpus_path, iter_documents
 
 

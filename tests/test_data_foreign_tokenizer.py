@@ -5,7 +5,8 @@ import shutil
 import numpy as np
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from test_data_fixtures import REPO, bundled_docs, load_tool
+from helpers import REPO
+from helpers.data import bundled_docs, load_tool
 from vffn_data.tokenizer import load_tokenizer
 from vffn_data.tokenizer_train import check_hf_matches, export_hf
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from test_data_fixtures import bundled_docs, leftovers, load_tool, paragraphs_jsonl, trained_tokenizer
+from helpers.data import bundled_docs, leftovers, load_tool, paragraphs_jsonl, trained_tokenizer
 from vffn_data.bundled import corpus_path
 from vffn_data.tokenizer import load_tokenizer
 

@@ -8,8 +8,9 @@ import shutil
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from pretrain_helpers import make_tokenizer
-from test_data_fixtures import REPO, load_tool, paragraphs_jsonl
+from helpers import REPO
+from helpers.data import load_tool, paragraphs_jsonl
+from helpers.workspace import make_tokenizer
 from vffn_data.megatron_compat import REFUSED_FLAGS, REFUSED_TOKENIZER_TYPES
 from vffn_data.tokenizer import load_tokenizer
 

@@ -4,7 +4,7 @@ import json
 import pytest
 import sentencepiece as spm
 
-from test_data_fixtures import bundled_docs, load_tool, trained_tokenizer, write_lines
+from helpers.data import bundled_docs, load_tool, trained_tokenizer, write_lines
 from vffn_data.tokenizer import HFTokenizer, SentencePieceTokenizer, TokenizerError, load_tokenizer
 
 EDGE = ["", " ", "  two leading", "trailing  ", "a\n\nb", "\ttab", "▁literal", "é ü 漢字 🙂", "12345 3.14",

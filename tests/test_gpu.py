@@ -15,7 +15,9 @@ import sys
 import pytest
 import torch
 
-from pretrain_helpers import REPO, Proc, launch_env, make_workspace, read_losses, run_ok, run_overrides
+from helpers import REPO
+from helpers.procs import Proc, launch_env, run_ok
+from helpers.workspace import make_workspace, read_losses, run_overrides
 from vffn_megatron.device import torchrun_command, use_cuda
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not use_cuda(), reason="needs a CUDA GPU")]
@@ -34,7 +36,7 @@ def _rel(a, b) -> float:
 
 
 def test_vffn_block_cuda_matches_cpu_reference(megatron_tp1):
-    from test_vffn_block import BATCH, SEQ, build_block, rel_err, run_both
+    from helpers.block import BATCH, SEQ, build_block, rel_err, run_both
     from vffn_megatron import VersatileFFNConfig
 
     vffn = VersatileFFNConfig(num_experts=8, top_k=2, max_depth=4, aux_loss_coeff=0.0)

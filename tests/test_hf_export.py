@@ -2,14 +2,12 @@
 (HF generate() with its KV cache vs a megatron full re-forward loop), VersatileFFN and dense."""
 import json
 import os
-import sys
 
 import pytest
 import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # everything must load from the exported folder alone
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "scripts"))
-from hf_common import batch, build, depth_counts, gpt_config, vffn_config  # noqa: E402
+from helpers.hf import batch, build, depth_counts, gpt_config, vffn_config  # noqa: E402
 
 TOL = 1e-4
 GEN = 32

@@ -1,13 +1,11 @@
 """Hugging Face dense Llama -> megatron at TP=1 (in process): as a dense model (its logits equal the HF model's)
 and upcycled into a VersatileFFN model (dense weights survive import + export bit for bit)."""
 import os
-import sys
 
 import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "scripts"))
-from hf_common import batch, build, dense_hf_model, depth_counts, gpt_config, sharpen, vffn_config  # noqa: E402
+from helpers.hf import batch, build, dense_hf_model, depth_counts, gpt_config, sharpen, vffn_config  # noqa: E402
 
 TOL = 1e-4
 

@@ -1,16 +1,14 @@
 """Tensor parallelism in the HF interop: a TP=2 megatron model (real 2-process gloo group) exported from its
 per-rank state dicts, and a dense HF model imported (upcycled) into a TP=2 VersatileFFN model and exported back."""
 import os
-import sys
 
 import pytest
 import torch
 
-from launch import torchrun
+from helpers.procs import torchrun
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "scripts"))
-from hf_common import batch, build, dense_hf_model, gpt_config, vffn_config  # noqa: E402
+from helpers.hf import batch, build, dense_hf_model, gpt_config, vffn_config  # noqa: E402
 
 TOL = 1e-4
 

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from launch import torchrun
-from pretrain_helpers import REPO, launch_env, read_losses, run_ok
-from test_data_fixtures import bundled_docs, load_tool, paragraphs_jsonl, trained_tokenizer
+from helpers import REPO
+from helpers.data import bundled_docs, load_tool, paragraphs_jsonl, trained_tokenizer
+from helpers.procs import launch_env, run_ok, torchrun
+from helpers.workspace import read_losses
 from vffn_megatron.device import torchrun_command
 
 os.environ["HF_HUB_OFFLINE"] = "1"

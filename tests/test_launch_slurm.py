@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from pretrain_helpers import REPO, Proc, launch_env, make_workspace, run_overrides
+from helpers import REPO
+from helpers.procs import Proc, launch_env
+from helpers.workspace import make_workspace, run_overrides
 from vffn_megatron.device import free_port
 
 START_TIMEOUT = 300   # imports + process group + first steps of 2 ranks on a busy 2-core machine

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from test_pretrain_engine import _cfg
+from helpers.workspace import tiny_config
 
 
 def test_tags_round_trip():
@@ -17,7 +17,7 @@ def test_check_layout_refuses_another_parallel_layout(tmp_path):
     from pretrain.checkpoint import ResumePoint, check_layout, layout
     from pretrain.config import ConfigError
 
-    cfg = _cfg("parallel.zero_stage=2")
+    cfg = tiny_config("parallel.zero_stage=2")
     step = tmp_path / "step_00000010"
     step.mkdir()
     point = ResumePoint(str(tmp_path), step.name)
@@ -28,7 +28,7 @@ def test_check_layout_refuses_another_parallel_layout(tmp_path):
         check_layout(point, cfg, 4)
     assert "data_parallel_size 2 -> 4" in str(e.value) and "ds_to_universal" in str(e.value)
     with pytest.raises(ConfigError) as e:
-        check_layout(point, _cfg("parallel.zero_stage=3"), 2)
+        check_layout(point, tiny_config("parallel.zero_stage=3"), 2)
     assert "zero_stage 2 -> 3" in str(e.value)
 
 
@@ -39,7 +39,7 @@ def test_should_save_interval_end_and_never_twice(monkeypatch, interval, save_at
     from pretrain import checkpoint
 
     monkeypatch.setattr(checkpoint.dist, "get_rank", lambda: 0)
-    cfg = _cfg(f"checkpoint.interval={interval}", f"checkpoint.save_at_end={str(save_at_end).lower()}")
+    cfg = tiny_config(f"checkpoint.interval={interval}", f"checkpoint.save_at_end={str(save_at_end).lower()}")
     c = checkpoint.Checkpointer(cfg, 1)
     saved = []
     for step in range(1, 11):

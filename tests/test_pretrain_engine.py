@@ -4,20 +4,14 @@ import math
 import pytest
 import torch
 
-from pretrain_helpers import REPO
-
-
-def _cfg(*overrides):
-    """tiny.yaml with overrides (validated; no file is read beyond the YAML)."""
-    from pretrain.config import load_config
-
-    return load_config(str(REPO / "configs" / "tiny.yaml"), list(overrides))
+from helpers.workspace import tiny_config
 
 
 def test_lr_schedule_warmup_cosine_floor():
     from pretrain.engine import lr_lambda
 
-    cfg = _cfg("schedule.train_steps=110", "schedule.warmup_steps=10", "optimizer.lr=1e-3", "optimizer.min_lr=1e-4")
+    cfg = tiny_config("schedule.train_steps=110", "schedule.warmup_steps=10", "optimizer.lr=1e-3",
+                      "optimizer.min_lr=1e-4")
     fn = lr_lambda(cfg)
     assert [fn(i) for i in range(3)] == pytest.approx([0.1, 0.2, 0.3])  # (step + 1) / warmup
     assert fn(9) == pytest.approx(1.0) and fn(10) == pytest.approx(1.0)  # peak at the end of warmup
@@ -30,10 +24,10 @@ def test_lr_schedule_warmup_cosine_floor():
 def test_lr_schedule_decay_steps_and_constant():
     from pretrain.engine import lr_lambda
 
-    fn = lr_lambda(_cfg("schedule.train_steps=100", "schedule.warmup_steps=0", "schedule.decay_steps=50",
-                        "optimizer.lr=1e-3", "optimizer.min_lr=0"))
+    fn = lr_lambda(tiny_config("schedule.train_steps=100", "schedule.warmup_steps=0", "schedule.decay_steps=50",
+                               "optimizer.lr=1e-3", "optimizer.min_lr=0"))
     assert fn(0) == pytest.approx(1.0) and fn(25) == pytest.approx(0.5) and fn(50) == 0.0 and fn(99) == 0.0
-    const = lr_lambda(_cfg("schedule.decay_style=constant", "schedule.warmup_steps=4"))
+    const = lr_lambda(tiny_config("schedule.decay_style=constant", "schedule.warmup_steps=4"))
     assert const(1) == pytest.approx(0.5) and const(4) == 1.0 and const(10_000) == 1.0
 
 
@@ -52,8 +46,8 @@ def test_param_groups_no_decay_on_1d():
 def test_ds_config_batch_layout_and_explicit_clipping():
     from pretrain.engine import ds_config
 
-    cfg = _cfg("schedule.micro_batch_size=2", "schedule.global_batch_size=16", "optimizer.grad_clip=0",
-               "precision=bf16", "parallel.zero_stage=2", "parallel.tensor_model_parallel_size=2")
+    cfg = tiny_config("schedule.micro_batch_size=2", "schedule.global_batch_size=16", "optimizer.grad_clip=0",
+                      "precision=bf16", "parallel.zero_stage=2", "parallel.tensor_model_parallel_size=2")
     conf = ds_config(cfg, world_size=4)  # TP 2 -> DP 2 -> accumulation 16 / (2 x 2) = 4
     assert conf["train_micro_batch_size_per_gpu"] == 2 and conf["gradient_accumulation_steps"] == 4
     assert conf["gradient_clipping"] == 0.0  # written even when 0: DeepSpeed's own default is 1.0

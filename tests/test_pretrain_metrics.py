@@ -6,7 +6,7 @@ import torch
 
 def test_routing_stats_shares_and_mean_loops(megatron_tp1):
     from pretrain.metrics import routing_stats
-    from test_vffn_block import build_block
+    from helpers.block import build_block
     from vffn_megatron import VersatileFFNConfig
 
     blocks = torch.nn.ModuleList()

@@ -1,6 +1,6 @@
 """Acceptance 1 and 2 (+ aux-loss scaling, non-finite loss handling) from ONE 2-process torchrun launch.
 
-tests/pretrain_scripts/parity.py re-initialises the DeepSpeed engine in-process for each run, so
+tests/scripts/pretrain_parity.py re-initialises the DeepSpeed engine in-process for each run, so
 megatron-core is imported once per rank. All runs are fp32 on CPU/gloo, tiny VersatileFFN model with
 Gumbel depth sampling active, gradient accumulation 2, clipping 1.0, aux loss on.
 """
@@ -9,7 +9,9 @@ import math
 
 import pytest
 
-from pretrain_helpers import REPO, launch_env, make_workspace, run_ok
+from helpers import REPO
+from helpers.procs import launch_env, run_ok
+from helpers.workspace import make_workspace
 from vffn_megatron.device import torchrun_command
 
 # fp32: the same arithmetic up to reduction order; measured differences are <= 2e-7.
@@ -22,7 +24,7 @@ def parity(tmp_path_factory):
     ws = make_workspace(root / "ws")
     (root / "ws.json").write_text(json.dumps(ws))
     out = root / "out.json"
-    cmd = torchrun_command(2, [str(REPO / "tests" / "pretrain_scripts" / "parity.py"), str(root / "ws.json"),
+    cmd = torchrun_command(2, [str(REPO / "tests" / "scripts" / "pretrain_parity.py"), str(root / "ws.json"),
                                str(out), str(root / "runs")])
     run_ok(cmd, root / "log.txt", timeout=420, env=launch_env())
     return json.loads(out.read_text())
@@ -87,7 +89,7 @@ def test_bf16_tracks_fp32(tmp_path):
     ws = make_workspace(tmp_path / "ws")
     (tmp_path / "ws.json").write_text(json.dumps(ws))
     out = tmp_path / "out.json"
-    cmd = torchrun_command(2, [str(REPO / "tests" / "pretrain_scripts" / "bf16.py"), str(tmp_path / "ws.json"),
+    cmd = torchrun_command(2, [str(REPO / "tests" / "scripts" / "pretrain_bf16.py"), str(tmp_path / "ws.json"),
                                str(out), str(tmp_path / "runs")])
     run_ok(cmd, tmp_path / "log.txt", timeout=420)
     res = json.loads(out.read_text())

@@ -2,7 +2,8 @@
 import subprocess
 import sys
 
-from pretrain_helpers import REPO, launch_env
+from helpers import REPO
+from helpers.procs import launch_env
 
 
 def test_quickstart_flow(tmp_path):

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from pretrain_helpers import REPO, Proc, launch_env, make_workspace, read_losses, run_ok, run_overrides
+from helpers import REPO
+from helpers.procs import Proc, launch_env, run_ok
+from helpers.workspace import make_workspace, read_losses, run_overrides
 from vffn_megatron.device import free_port, torchrun_command
 
 STEPS = 30

@@ -4,7 +4,7 @@ recomputation, aux loss on. TP=2 is in tests/test_vffn_tp.py (one torchrun launc
 import pytest
 import torch
 
-from test_vffn_block import build_block
+from helpers.block import build_block
 
 
 def _run(block, x, probe, compact):

@@ -4,7 +4,7 @@ path is tests/test_vffn_tp.py."""
 import pytest
 import torch
 
-from test_vffn_block import build_block  # noqa: E402
+from helpers.block import build_block  # noqa: E402
 
 
 @pytest.mark.parametrize("train", [True, False])

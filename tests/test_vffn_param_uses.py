@@ -4,7 +4,7 @@ all loop D times, or data-parallel ranks disagree on collectives (a hang on NCCL
 import pytest
 import torch
 
-from test_vffn_block import BATCH, D_MODEL, SEQ, build_block
+from helpers.block import BATCH, D_MODEL, SEQ, build_block
 
 
 def _call_trace(block, x, depth_logits=None, noise=None, train=False):

@@ -1,7 +1,7 @@
 """TP=2 vs TP=1 on a real 2-process gloo group: same weights give the same losses, logits and gradients."""
 import torch
 
-from launch import torchrun
+from helpers.procs import torchrun
 
 
 def _rel(a, b):

@@ -11,8 +11,8 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hf_common import batch, build, depth_counts, sharpen  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: the helpers package
+from helpers.hf import batch, build, depth_counts, sharpen  # noqa: E402
 
 
 def gathered_logits(model, tokens):

@@ -1,4 +1,5 @@
-"""Shared setup of the HF interop tests (tests/test_hf_*.py) and their torchrun script: tiny models, one batch."""
+"""Shared setup of the HF interop tests (tests/test_hf_*.py) and their torchrun script (tests/scripts/hf_tp_export.py):
+tiny models, one batch."""
 import torch
 
 SEED = 1234

@@ -5,7 +5,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from parity import config  # noqa: E402
+from pretrain_parity import config  # noqa: E402
 
 from pretrain.checks import preflight  # noqa: E402
 from pretrain.train import train  # noqa: E402

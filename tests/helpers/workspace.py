@@ -1,16 +1,11 @@
-"""Helpers for the pretraining tests: tiny datasets, configs, and torchrun launches with clean teardown."""
+"""Tiny pretraining inputs: a word-level tokenizer, learnable datasets, a workspace of both, the overrides of a fast
+run on it, tiny.yaml configs, and the losses a run wrote."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
-from vffn_megatron.device import configure_environment
-
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO
 
 
 def make_tokenizer(directory: Path, vocab_size: int = 200) -> Path:
@@ -74,96 +69,6 @@ def run_overrides(ws: dict, output_dir: Path, **extra) -> list[str]:
     return [f"{k}={v}" for k, v in base.items()]
 
 
-def launch_env(**extra) -> dict:
-    """Environment of a launched test process: one thread, unbuffered, this checkout, the device's accelerator."""
-    env = configure_environment({**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-                                 "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"})
-    env.update(extra)
-    return env
-
-
-class Proc:
-    """A launched process group; output goes to a log file; always killed (whole group) on exit."""
-
-    def __init__(self, cmd: list[str], log: Path, env: dict | None = None):
-        self.log_path = log
-        self._log = open(log, "w")
-        self.p = subprocess.Popen(cmd, cwd=REPO, env=env or launch_env(), stdout=self._log, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
-
-    def output(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for(self, text: str, timeout: float) -> None:
-        end = time.time() + timeout
-        while time.time() < end:
-            if text in self.output():
-                return
-            if self.p.poll() is not None:
-                raise AssertionError(f"process exited ({self.p.returncode}) before printing {text!r}:\n"
-                                     f"{self.output()[-6000:]}")
-            time.sleep(0.2)
-        self.kill()
-        raise AssertionError(f"timed out waiting for {text!r}:\n{self.output()[-6000:]}")
-
-    def wait(self, timeout: float) -> int:
-        try:
-            return self.p.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(f"timed out after {timeout}s:\n{self.output()[-6000:]}")
-
-    def tree(self) -> list:
-        """The launcher and all its descendants (torchrun starts workers in their own sessions, so
-        killing the process group alone would orphan them)."""
-        import psutil
-
-        try:
-            root = psutil.Process(self.p.pid)
-            return [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
-
-    def signal(self, sig: int, tree: bool = False) -> None:
-        """``sig`` to the launcher only (it forwards to the workers), or to every process of the tree."""
-        if not tree:
-            self.p.send_signal(sig)
-            return
-        import psutil
-
-        for proc in self.tree():
-            try:
-                proc.send_signal(sig)
-            except psutil.NoSuchProcess:
-                pass
-
-    def kill(self) -> None:
-        if self.p.poll() is None or self.tree()[1:]:
-            self.signal(signal.SIGKILL, tree=True)
-            try:
-                os.killpg(self.p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.p.wait()
-        if not self._log.closed:
-            self._log.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.kill()
-
-
-def run_ok(cmd: list[str], log: Path, timeout: float, env: dict | None = None) -> str:
-    with Proc(cmd, log, env) as p:
-        rc = p.wait(timeout)
-        out = p.output()
-    assert rc == 0, f"{' '.join(cmd[:8])} ... failed ({rc}):\n{out[-8000:]}"
-    return out
-
-
 def read_losses(output_dir: Path) -> dict[int, float]:
     """step -> training loss from metrics.jsonl (a resumed run appends: later records win)."""
     out = {}
@@ -172,3 +77,10 @@ def read_losses(output_dir: Path) -> dict[int, float]:
         if "loss" in rec:
             out[rec["step"]] = rec["loss"]
     return out
+
+
+def tiny_config(*overrides):
+    """tiny.yaml with overrides (validated; no file is read beyond the YAML)."""
+    from pretrain.config import load_config
+
+    return load_config(str(REPO / "configs" / "tiny.yaml"), list(overrides))

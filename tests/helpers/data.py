@@ -1,4 +1,4 @@
-"""Shared, session-cached helpers for the data-tool tests (no tests here; importable from tests/).
+"""Session-cached data for the data-tool tests, and the tools/*.py scripts as modules.
 
 Real data only: the bundled Shakespeare/Milton corpus and tokenizers trained on it.
 """
@@ -12,7 +12,8 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO
+
 _TMP = tempfile.mkdtemp(prefix="vffn-data-tests-")
 atexit.register(shutil.rmtree, _TMP, ignore_errors=True)
 

@@ -17,8 +17,8 @@ import sys
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from pretrain_helpers import run_overrides  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: the helpers package
+from helpers.workspace import run_overrides  # noqa: E402
 
 from pretrain.checks import preflight  # noqa: E402
 from pretrain.config import load_config  # noqa: E402
