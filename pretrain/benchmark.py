@@ -1,10 +1,13 @@
-"""Training throughput of the VersatileFFN model vs the dense baseline, same config, same process.
+"""Training throughput of the VersatileFFN model vs the dense and k-loop baselines, same config, same process.
 
     torchrun --nproc_per_node 2 -m pretrain.benchmark --config configs/tiny.yaml --steps 40 [key=value ...]
 
-Both runs use the config as given except ``model.arch`` (the dense run uses megatron's SwiGLU MLP with the
-same ffn_hidden_size, i.e. the same FFN parameters), with checkpoints, evaluation and TensorBoard off. The
-runs alternate ``--repeats`` times; tokens/s excludes each run's first step (allocation / warm-up).
+Every run uses the config as given except ``model.arch``: vffn (the trainer's compacted backward),
+vffn_full_backward (the same model with the full-backward algorithm, every loop's backward for every token:
+the algorithm before compaction, selectable here only), dense (megatron's SwiGLU MLP with the same
+ffn_hidden_size, i.e. the same FFN parameters) and kloop with kloop.loops = vffn.max_depth. Checkpoints,
+evaluation and TensorBoard are off. The runs alternate ``--repeats`` times; tokens/s excludes each run's
+first step (allocation / warm-up).
 """
 from __future__ import annotations
 
@@ -38,12 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     runs = {}
     try:
         base = load_config(args.config, args.overrides)
-        for arch in ("vffn", "dense"):  # paths every rank sees: <output_dir>/benchmark/<arch>, shared data cache
+        for name in ("vffn", "vffn_full_backward", "dense", "kloop"):
+            arch = "vffn" if name.startswith("vffn") else name
+            # paths every rank sees: <output_dir>/benchmark/<name>, shared data cache
             cfg = load_config(args.config, args.overrides + fixed + [
-                f"model.arch={arch}", f"output_dir={os.path.join(base.output_dir, 'benchmark', arch)}",
-                f"data.cache_dir={base.data_cache_dir}"])
+                f"model.arch={arch}", f"output_dir={os.path.join(base.output_dir, 'benchmark', name)}",
+                f"data.cache_dir={base.data_cache_dir}", f"kloop.loops={base.vffn.max_depth}"])
             validate(cfg, world_size=world)
-            runs[arch] = cfg
+            runs[name] = cfg
         tokenizer, vocab = preflight(runs["vffn"])
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
@@ -51,7 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     results = {arch: [] for arch in runs}
     for _ in range(args.repeats):
         for arch, cfg in runs.items():
-            r = train(cfg, tokenizer, vocab)
+            from vffn_megatron.versatile_ffn import VersatileFFN
+
+            VersatileFFN.compact_backward = arch != "vffn_full_backward"
+            try:
+                r = train(cfg, tokenizer, vocab)
+            finally:
+                VersatileFFN.compact_backward = True
             results[arch].append({"tokens_per_sec": r.tokens_per_sec, "final_loss": r.losses[r.final_step]})
     params = {}
     if dist.get_rank() == 0:
@@ -63,15 +74,19 @@ def main(argv: list[str] | None = None) -> int:
         tp = cfg.parallel.tensor_model_parallel_size
         print(f"\n{world} process(es), TP={tp}, DP={world // tp}, ZeRO-{cfg.parallel.zero_stage}, {cfg.precision}, "
               f"global batch {cfg.schedule.global_batch_size} x {cfg.model.seq_length} tokens, {args.steps} steps")
-        print(f"{'model':8} {'params/rank':>12} {'tokens/s':>10} {'final loss':>11}")
+        print(f"{'model':20} {'params/rank':>12} {'tokens/s':>10} {'final loss':>11}")
+        mean = {arch: sum(r["tokens_per_sec"] for r in rs) / len(rs) for arch, rs in results.items()}
         for arch, rs in results.items():
-            tok_s = sum(r["tokens_per_sec"] for r in rs) / len(rs)
-            print(f"{arch:8} {params[arch]:>12,} {tok_s:>10,.0f} {rs[-1]['final_loss']:>11.4f}")
-        ratio = (sum(r["tokens_per_sec"] for r in results["vffn"]) / sum(r["tokens_per_sec"] for r in results["dense"]))
-        print(f"VersatileFFN / dense throughput: {ratio:.2f}")
+            print(f"{arch:20} {params[arch]:>12,} {mean[arch]:>10,.0f} {rs[-1]['final_loss']:>11.4f}")
+        ratio = mean["vffn"] / mean["dense"]
+        ratios = {"vffn_over_dense": ratio, "vffn_over_kloop": mean["vffn"] / mean["kloop"],
+                  "compact_speedup_vs_full_backward": mean["vffn"] / mean["vffn_full_backward"]}
+        print(f"VersatileFFN / dense throughput: {ratio:.2f}; VersatileFFN / k-loop (k = D): "
+              f"{ratios['vffn_over_kloop']:.2f}; compacted / full backward: "
+              f"{ratios['compact_speedup_vs_full_backward']:.2f}")
         if args.json:
             with open(args.json, "w") as f:
-                json.dump({"results": results, "params": params, "ratio": ratio}, f, indent=1)
+                json.dump({"results": results, "params": params, "ratio": ratio, **ratios}, f, indent=1)
     from vffn_megatron.runtime import destroy
 
     destroy()
