@@ -2,7 +2,8 @@
 
 Layout (:mod:`pretrain.checkpoint` owns it: ``tag_for`` / ``step_of`` / ``LATEST`` / ``read_latest``):
 ``<dir>/step_XXXXXXXX/`` holds DeepSpeed's files plus the resolved run config (``config.yaml``) and
-``layout.json``; ``<dir>/latest`` names the newest complete step. Per tensor-parallel rank r:
+``layout.json`` and ``manifest.json`` (verified before anything is read); ``<dir>/latest`` names the newest
+complete step. Per tensor-parallel rank r:
 
 * ZeRO 0: the weights are ``mp_rank_{r:02d}_model_states.pt["module"]``;
 * ZeRO 1-3: the fp32 master weights live in the optimizer partitions; DeepSpeed's ``zero_to_fp32`` gathers
@@ -26,7 +27,7 @@ from typing import Dict, NamedTuple, Optional, Union
 import torch
 import yaml
 
-from pretrain.checkpoint import LATEST, read_latest, step_of, tag_for
+from pretrain.checkpoint import LATEST, read_latest, step_of, tag_for, verify_step
 from vffn_megatron.config import VersatileFFNConfig
 from vffn_megatron.model import GPTConfig
 
@@ -156,9 +157,15 @@ def _known_fields(cls, values: dict):
     return cls(**{k: v for k, v in values.items() if k in names})
 
 
-def load_checkpoint(path: Union[str, os.PathLike], step: Optional[int] = None) -> TrainerCheckpoint:
-    """The architecture and full fp32 megatron state dict of a trainer checkpoint."""
+def load_checkpoint(path: Union[str, os.PathLike], step: Optional[int] = None,
+                    verify: str = "full") -> TrainerCheckpoint:
+    """The architecture and full fp32 megatron state dict of a trainer checkpoint, checked against its manifest
+    first (``verify``: full = sizes and crc32, size = sizes only; :func:`pretrain.checkpoint.verify_step`)."""
     step_dir = resolve_step_dir(path, step)
+    verdict = verify_step(str(step_dir), verify)
+    if not verdict.ok:
+        raise CheckpointError(f"checkpoint {step_dir} is damaged: {verdict.problem}. Export an older step "
+                              f"(--step N; available: {_steps(step_dir.parent)}) or restore it from a backup")
     cfg = read_run_config(step_dir)
     stage = _zero_stage(step_dir, cfg)
     ranks = tp_ranks(step_dir)
