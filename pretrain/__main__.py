@@ -4,7 +4,8 @@ Run it under a launcher for several processes (launch/torchrun.sh, launch/deepsp
 launch/slurm.sbatch); without one it trains in a single process. Every check that can fail on the
 config, the data or the tokenizer runs before any process group starts.
 
-Exit codes: 0 done (or stopped by SIGTERM / SIGINT after saving), 2 bad configuration, 3 non-finite loss.
+Exit codes: 0 done (or stopped by SIGTERM / SIGINT after saving), 2 bad configuration, 3 non-finite loss,
+4 a checkpoint could not be saved (full disk, ...: the partial save is removed, ``latest`` left alone).
 With ``VFFN_EXIT_STATUS_DIR`` set (launch/torchrun.sh sets it), each rank also writes its exit code to
 ``<dir>/rank_<RANK>.exit``: torchrun itself reports 1 whenever it was signalled, so the launcher reads the
 workers' own codes from there.
@@ -15,7 +16,7 @@ import argparse
 import os
 import sys
 
-EXIT_CONFIG, EXIT_NONFINITE = 2, 3
+EXIT_CONFIG, EXIT_NONFINITE, EXIT_SAVE = 2, 3, 4
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -112,6 +113,7 @@ def _main(argv: list[str] | None = None) -> int:
         _say(f"config OK: {args.config} (model vocab {vocab}, {world} process(es))")
         return 0
 
+    from .checkpoint import CheckpointSaveError
     from .train import NonFiniteLossError, train
 
     try:
@@ -119,6 +121,9 @@ def _main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as e:
         _say(f"error: {e}", err=True)
         return EXIT_NONFINITE
+    except CheckpointSaveError as e:
+        _say(f"error: {e}", err=True)
+        return EXIT_SAVE
     finally:
         from vffn_megatron.runtime import destroy
 

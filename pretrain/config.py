@@ -126,6 +126,7 @@ class CheckpointConfig:
     resume: str = "auto"  # auto (latest in dir, if any) | none | <checkpoint dir or step directory>
     save_at_end: bool = True
     save_on_sigterm: bool = True  # SIGTERM (e.g. SLURM pre-emption): save, then exit 0
+    verify: str = "full"  # resume / export check the manifest: full (sizes + crc32) | size (sizes only: huge checkpoints)
 
 
 @dataclass
@@ -459,6 +460,7 @@ def validate(cfg: RunConfig, world_size: Optional[int] = None) -> None:
     c = cfg.checkpoint
     _need(c.interval >= 0 and c.keep_last >= 0, "checkpoint.interval and checkpoint.keep_last must be >= 0")
     _need(bool(c.resume), "checkpoint.resume must be auto, none or a checkpoint path")
+    _choice(c.verify, "checkpoint.verify", ("full", "size"))  # full: sizes + crc32; size: sizes only
     _need(cfg.logging.log_interval >= 1, "logging.log_interval must be >= 1")
     d = cfg.data
     _need(bool(d.tokenizer), "data.tokenizer is required: the directory written by tools/train_tokenizer.py")
