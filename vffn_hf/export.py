@@ -5,6 +5,11 @@ registered through ``auto_map``, so ``AutoModelForCausalLM.from_pretrained(dir, 
 nothing but the folder; dense models become a plain ``LlamaForCausalLM`` folder (no custom code).
 Weights are written with safetensors directly (no model instantiation: export costs one copy of the weights),
 sharded with an index file above ``max_shard_size``, under the names ``from_pretrained`` expects.
+
+A folder is written into a temporary sibling and renamed into place only when complete; its last file,
+:data:`EXPORT_MARKER`, lists what the export consists of. ``overwrite`` replaces only such a folder, holding nothing
+else, and never the checkpoint being exported or a directory containing it (:func:`check_output`).
+:func:`vffn_hf.parity.verify_folder` checks a folder against its checkpoint.
 """
 from __future__ import annotations
 
@@ -12,8 +17,9 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Callable, Dict, Optional, Union
 
 import torch
 
@@ -160,44 +166,162 @@ def write_safetensors(sd: StateDict, out_dir: Union[str, os.PathLike], max_shard
     return names
 
 
+def export_weights(hf_sd: StateDict, model: GPTConfig, dtype: str = "fp32") -> Dict[str, torch.Tensor]:
+    """The tensors an export stores for ``hf_sd``: floating tensors cast to ``dtype`` on the CPU, a tied
+    ``lm_head.weight`` left out (from_pretrained re-ties it to the embedding). The export verification compares
+    the written files against exactly this."""
+    torch_dtype = DTYPES[dtype]
+    weights: Dict[str, torch.Tensor] = {}
+    for k, v in hf_sd.items():
+        if k == "lm_head.weight" and not model.untie_embeddings_and_output_weights:
+            continue
+        weights[k] = v.detach().to("cpu", torch_dtype if v.is_floating_point() else v.dtype)
+    return weights
+
+
+# ----------------------------------------------------------------------------------------- output folder safety
+# Written last into every export: names the files the export consists of. ``--overwrite`` replaces only a folder
+# holding this marker and nothing but the files it lists.
+EXPORT_MARKER = "vffn_export.json"
+WRITTEN_BY = "vffn_hf.export"
+
+
+class OutputFolderError(FileExistsError):
+    """The output folder cannot be written or replaced safely; the message says why and what to do."""
+
+
+def _run_dir_hint(path: Path) -> Path:
+    """The run directory above a checkpoint path (``R`` for ``R/checkpoints/step_X``)."""
+    p = path
+    while p.parent != p and (p.name == "checkpoints" or p.name.startswith("step_")):
+        p = p.parent
+    return p
+
+
+def check_not_protected(out: Union[str, os.PathLike], protect=()) -> None:
+    """Refuse an output folder that is, or contains, one of ``protect`` (the checkpoint being exported)."""
+    outr = Path(out).resolve()
+    for p in protect:
+        pr = Path(p).resolve()
+        if pr == outr or outr in pr.parents:
+            what = "is" if pr == outr else "contains"
+            raise OutputFolderError(
+                f"output directory {out} {what} the checkpoint {p}: exporting there would destroy it. Choose a "
+                f"separate folder, e.g. --output {_run_dir_hint(pr) / 'hf'}")
+
+
+def export_manifest(folder: Union[str, os.PathLike]) -> Optional[dict]:
+    """The marker of an export written by :func:`save_hf_folder`, or None when ``folder`` has none (or another
+    program wrote it)."""
+    f = Path(folder) / EXPORT_MARKER
+    try:
+        data = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("written_by") != WRITTEN_BY or not isinstance(data.get("files"), list):
+        return None
+    return data
+
+
+def check_replaceable(out: Union[str, os.PathLike]) -> None:
+    """``out`` may be deleted by ``--overwrite`` only if it is one of our exports and holds nothing else."""
+    out = Path(out)
+    if not out.is_dir():
+        raise OutputFolderError(f"output {out} exists and is not a directory: choose another --output")
+    entries = sorted(os.listdir(out))
+    manifest = export_manifest(out)
+    if manifest is None:
+        shown = ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)" if len(entries) > 5 else "")
+        raise OutputFolderError(
+            f"output directory {out} is not a Hugging Face export written by tools/export_hf.py (no {EXPORT_MARKER}; "
+            f"it holds: {shown}). --overwrite only replaces such exports: choose a new --output, or move or delete "
+            f"the folder yourself if you really mean to replace it")
+    known = set(manifest["files"]) | {EXPORT_MARKER}
+    unexpected = [e for e in entries if e not in known or not (out / e).is_file() or (out / e).is_symlink()]
+    if unexpected:
+        shown = ", ".join(unexpected[:5]) + (f", ... ({len(unexpected)} in all)" if len(unexpected) > 5 else "")
+        raise OutputFolderError(
+            f"output directory {out} is an export but also holds entries the export did not write: {shown}. "
+            f"--overwrite would delete them: move them elsewhere (or choose a new --output) and rerun")
+
+
+def check_output(out: Union[str, os.PathLike], overwrite: bool = False, protect=()) -> None:
+    """May an export be written to ``out``? Absent or empty: yes; an earlier export: only with ``overwrite``;
+    anything else, the checkpoint (``protect``) or a folder containing it: never."""
+    out = Path(out)
+    check_not_protected(out, protect)
+    if out.exists() and not out.is_dir():
+        raise OutputFolderError(f"output {out} exists and is not a directory: choose another --output")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"output directory {out} is not empty; choose a new one or pass --overwrite"
+                                  " (overwrite=True from Python)")
+        check_replaceable(out)
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Replace ``out`` (absent, empty or a checked export) by the complete folder ``tmp`` (same parent)."""
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    old.rmdir()
+    os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        os.rename(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def save_hf_folder(out_dir: Union[str, os.PathLike], hf_sd: StateDict, model: GPTConfig,
                    vffn: Optional[VersatileFFNConfig] = None, dtype: str = "fp32",
                    tokenizer: Optional[Union[str, os.PathLike]] = None, max_shard_size: Union[int, str] = "2GB",
-                   overwrite: bool = False) -> Path:
-    """Write the complete folder: config.json, generation_config.json, weights, tokenizer, modeling code.
-    ``model`` / ``vffn`` (None: dense) are the architecture ``hf_sd`` was converted for."""
+                   overwrite: bool = False, protect=(), source: Optional[dict] = None,
+                   before_swap: Optional[Callable[[Path], None]] = None) -> Path:
+    """Write the complete folder: config.json, generation_config.json, weights, tokenizer, modeling code and the
+    :data:`EXPORT_MARKER`. ``model`` / ``vffn`` (None: dense) are the architecture ``hf_sd`` was converted for.
+
+    Safety: the folder is written into a temporary sibling and renamed into place only when complete (and after
+    ``before_swap(tmp_dir)`` returned, e.g. a verification); a failure leaves ``out_dir`` as it was. A non-empty
+    ``out_dir`` is replaced only with ``overwrite`` and only when it is one of our exports holding nothing else
+    (:func:`check_replaceable`); ``out_dir`` may never be or contain a path of ``protect`` (the checkpoint).
+    ``source`` (e.g. the checkpoint's step directory) is recorded in the marker."""
     from transformers import GenerationConfig
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"output directory {out} is not empty; choose a new one or pass --overwrite"
-                                  " (overwrite=True from Python)")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output(out, overwrite, protect)
 
     ids = tokenizer_special_ids(tokenizer) if tokenizer is not None else {}
     if ids and ids["vocab_size"] > model.vocab_size:
         raise ConversionError(f"tokenizer {tokenizer} has {ids['vocab_size']} tokens but the model only "
                               f"{model.vocab_size} embeddings: wrong tokenizer for this checkpoint")
-    cfg = hf_config(model, vffn, dtype, ids)
-    cfg.save_pretrained(out)
-    GenerationConfig(bos_token_id=ids.get("bos"), eos_token_id=ids.get("eos"),
-                     pad_token_id=ids.get("pad") if ids.get("pad") is not None else ids.get("eos")).save_pretrained(out)
-
-    torch_dtype = DTYPES[dtype]
-    weights: Dict[str, torch.Tensor] = {}
-    for k, v in hf_sd.items():
-        if k == "lm_head.weight" and not model.untie_embeddings_and_output_weights:
-            continue  # tied: from_pretrained re-ties it to the embedding
-        weights[k] = v.detach().to("cpu", torch_dtype if v.is_floating_point() else v.dtype)
-    write_safetensors(weights, out, max_shard_size)
-
-    if vffn is not None:
-        for name in MODELING_FILES:
-            shutil.copy2(HERE / name, out / name)
-    if tokenizer is not None:
-        copy_tokenizer(tokenizer, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        cfg = hf_config(model, vffn, dtype, ids)
+        cfg.save_pretrained(tmp)
+        GenerationConfig(bos_token_id=ids.get("bos"), eos_token_id=ids.get("eos"),
+                         pad_token_id=ids.get("pad") if ids.get("pad") is not None else ids.get("eos")
+                         ).save_pretrained(tmp)
+        write_safetensors(export_weights(hf_sd, model, dtype), tmp, max_shard_size)
+        if vffn is not None:
+            for name in MODELING_FILES:
+                shutil.copy2(HERE / name, tmp / name)
+        if tokenizer is not None:
+            copy_tokenizer(tokenizer, tmp)
+        marker = {"written_by": WRITTEN_BY, "dtype": dtype, "files": sorted(os.listdir(tmp)), **(source or {})}
+        (tmp / EXPORT_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+        if before_swap is not None:
+            before_swap(tmp)
+        if out.exists():  # re-checked: nothing may have appeared in it meanwhile
+            if any(out.iterdir()):
+                check_replaceable(out)
+        _swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out
