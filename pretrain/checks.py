@@ -9,6 +9,7 @@ import json
 import math
 import os
 import struct
+import sys
 from typing import Optional
 
 import numpy as np
@@ -135,6 +136,32 @@ def max_token_id(prefix: str, cache_dir: Optional[str] = None) -> int:
     return result
 
 
+def _warn(msg: str) -> None:
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"WARNING: {msg}", file=sys.stderr, flush=True)
+
+
+def check_data_tokenizer(cfg: RunConfig, index: int, path: str, tokenizer) -> None:
+    """The data was tokenized by data.tokenizer (same file sha256), per the dataset's .meta.json sidecar;
+    data without a current sidecar gets a warning only (its tokenizer is unknown)."""
+    from vffn_data.identity import identify, meta_path
+
+    ident = identify(path)
+    if ident.meta is None:
+        _warn(f"data.datasets[{index}] ({path}): {ident.problem}; cannot check that it was tokenized with "
+              f"{cfg.data.tokenizer}. Re-run tools/preprocess_data.py to record it in {meta_path(path)}")
+        return
+    made_by = ident.tokenizer
+    ours = tokenizer.unique_identifiers.get("sha256")
+    if made_by.get("sha256") != ours:
+        raise ConfigError(
+            f"data.datasets[{index}] ({path}) was tokenized with {made_by.get('path')} ({made_by.get('kind')}, "
+            f"{made_by.get('vocab_size')} tokens, sha256 {str(made_by.get('sha256'))[:12]}), but data.tokenizer is "
+            f"{tokenizer.path} ({tokenizer.vocab_size} tokens, sha256 {str(ours)[:12]}): a different tokenizer, so "
+            f"the token ids would mean other text. Re-run tools/preprocess_data.py --tokenizer-model "
+            f"{cfg.data.tokenizer} for this data, or point data.tokenizer at {made_by.get('path')}")
+
+
 def check_data(cfg: RunConfig, tokenizer) -> None:
     """Every dataset prefix exists and its token ids fit the tokenizer (and hence the model)."""
     for i, entry in enumerate(cfg.data.datasets):
@@ -145,6 +172,7 @@ def check_data(cfg: RunConfig, tokenizer) -> None:
                               f"without .bin/.idx")
         _, num_docs = _read_idx_header(entry.path + ".idx")
         check_split(cfg, i, entry.path, num_docs)
+        check_data_tokenizer(cfg, i, entry.path, tokenizer)
         if cfg.data.check_token_ids:
             top = max_token_id(entry.path, cfg.data_cache_dir)
             if top >= tokenizer.vocab_size:

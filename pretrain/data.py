@@ -37,6 +37,18 @@ class DataParallelBatchSampler:
         return max(0, (self.total - self.consumed) // (self.mbs * self.dp_size))
 
 
+def index_cache_dir(cfg: RunConfig) -> str:
+    """Megatron's sample-index cache for this data: ``<data cache dir>/index-<fingerprint>``.
+
+    Megatron names its cache files by dataset *path* (and seed, split, sizes), so data re-preprocessed
+    to the same prefix would reuse stale indices (wrong samples, or an IndexError). The folder is keyed
+    by the content fingerprints of all blended datasets (vffn_data.identity): changed data gets a fresh
+    cache, unchanged data the same one (and megatron's deterministic indices: the same data order)."""
+    from vffn_data.identity import blend_fingerprint
+
+    return os.path.join(cfg.data_cache_dir, "index-" + blend_fingerprint([e.path for e in cfg.data.datasets]))
+
+
 def dataset_config(cfg: RunConfig, tokenizer):
     from megatron.core.datasets.gpt_dataset import GPTDatasetConfig
 
@@ -46,7 +58,7 @@ def dataset_config(cfg: RunConfig, tokenizer):
         sequence_length=cfg.model.seq_length,
         blend=([e.path for e in d.datasets], [e.weight for e in d.datasets]),
         split=d.split,
-        path_to_cache=cfg.data_cache_dir,
+        path_to_cache=index_cache_dir(cfg),
         tokenizer=tokenizer,
         reset_position_ids=False,
         reset_attention_mask=False,
@@ -68,7 +80,7 @@ def build_datasets(cfg: RunConfig, tokenizer, world_size: int):
     s = cfg.schedule
     train_samples = s.train_steps * s.global_batch_size
     valid_samples = s.eval_iters * s.global_batch_size if s.eval_interval > 0 else 0
-    os.makedirs(cfg.data_cache_dir, exist_ok=True)
+    os.makedirs(index_cache_dir(cfg), exist_ok=True)
     builder = BlendedMegatronDatasetBuilder(GPTDataset, [train_samples, valid_samples, 0],
                                             lambda: True, dataset_config(cfg, tokenizer))
     try:

@@ -38,9 +38,10 @@ def test_megatron_command_gives_the_same_dataset(tmp_path, capsys):
     assert "note: --tokenizer-type SentencePieceTokenizer" in err  # how Megatron's own type would differ
     plain, megatron = documents(tmp_path / "plain"), documents(tmp_path / "megatron")
     assert len(plain) == 400 and megatron == plain
-    # one merged dataset, no partition files
+    # one merged dataset (and its identity sidecar), no partition files
     assert sorted(p.name for p in tmp_path.glob("megatron*")) == ["megatron_text_document.bin",
-                                                                  "megatron_text_document.idx"]
+                                                                  "megatron_text_document.idx",
+                                                                  "megatron_text_document.meta.json"]
     # the text reaches the tokenizer as it is (--keep-newlines), input order kept, EOD = the model's EOS
     tok = load_tokenizer(MISTRAL)
     texts = [json.loads(line)["text"] for line in src.read_text().splitlines()]

@@ -14,13 +14,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from vffn_data.corpus import TXT_MODES  # noqa: E402  (light import: no torch before argument parsing)
 
 EPILOG = """\
-inputs: files, directories (searched recursively) or globs, in the order given (files of a directory
-  sorted by path): .jsonl / .json (JSON Lines, one object per line), .jsonl.gz / .json.gz, .txt /
-  .txt.gz, .parquet (read with `datasets`, streaming), and datasets.save_to_disk directories
-  (memory-mapped; --split picks the split of a DatasetDict).
-bad input (malformed JSON, invalid UTF-8, missing key, non-string value, empty text, truncated or
-  corrupt gzip): skipped and counted by reason, the first few reported as file:line, exit 0 with
-  the summary. With --strict: stop at the first one, print file:line and the fix, exit 1, write nothing.
+inputs: files, directories (searched recursively, symlinked folders followed once) or globs, in the
+  order given (files of a directory sorted by path): .jsonl / .json (JSON Lines, one object per
+  line), .txt, each optionally compressed .gz / .xz / .bz2 (.zst with the optional zstandard
+  package, else the file is skipped and counted), .parquet (read with `datasets`, streaming), and
+  datasets.save_to_disk directories (memory-mapped; --split picks the split of a DatasetDict).
+  Files a directory search does not read (dotfiles, hidden folders, other types, broken links) are
+  listed in the summary as skipped files.
+bad input (malformed or too deeply nested JSON, invalid UTF-8, missing key, non-string value, empty
+  text, a document over --max-doc-mb, truncated or corrupt gzip/xz/bz2/zst, unreadable Parquet):
+  skipped and counted by reason, the first few reported as file:line, exit 0 with the summary. With --strict: stop at the first one, print file:line and the fix, exit 1, write nothing.
 outputs are written under temporary names and renamed at the end: an interrupted run (Ctrl-C,
   crash) never leaves a .bin/.idx pair that looks complete, and an existing pair is replaced only
   by a finished one. Token dtype: uint16 for vocabularies below 65,500 ids, else int32.
@@ -55,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "separated paragraphs, or lines")
     g.add_argument("--split", default="train", help="split to read from a saved DatasetDict (default: train)")
     g.add_argument("--strict", action="store_true", help="stop at the first bad record instead of skipping it")
+    g.add_argument("--max-doc-mb", type=float, default=64.0, metavar="MB",
+                   help="a document (JSON line, text line/paragraph/file, Parquet value) larger than this is "
+                        "skipped and counted, never read whole (MiB; default: 64; memory for reading is about twice it)")
     g.add_argument("--keep-newlines", action="store_true",
                    help="accepted for Megatron-LM commands; always the case here: a document's text reaches the "
                         "tokenizer as it is, newlines inside it included (Megatron changes the text only with "
@@ -110,6 +116,9 @@ def main(argv=None) -> int:
     from vffn_data.corpus import InputError
     from vffn_data.tokenizer import TokenizerError
 
+    if not args.max_doc_mb > 0:
+        print(f"error: --max-doc-mb {args.max_doc_mb}: must be > 0", file=sys.stderr)
+        return 2
     if args.partitions < 1:
         print(f"error: --partitions {args.partitions}: must be >= 1", file=sys.stderr)
         return 2
@@ -130,7 +139,8 @@ def main(argv=None) -> int:
         inputs=args.input, tokenizer_model=tokenizer_model, output_prefix=args.output_prefix,
         json_keys=args.json_keys, workers=args.workers, append_eod=args.append_eod, strict=args.strict,
         txt_mode=args.txt_mode, split=args.split, batch_bytes=max(1, int(args.batch_mb * (1 << 20))),
-        progress=not args.no_progress, log_interval=args.log_interval, summary_json=args.summary_json)
+        progress=not args.no_progress, log_interval=args.log_interval, summary_json=args.summary_json,
+        max_doc_bytes=max(1, int(args.max_doc_mb * (1 << 20))))
     try:
         stats, outputs = preprocess(cfg)
     except (InputError, TokenizerError) as e:

@@ -87,8 +87,9 @@ def main(argv=None) -> int:
         verbose=args.verbose)
     t0 = time.monotonic()
     try:
-        sources = discover(args.input)
-        stats = Stats(sources)
+        skipped_files: list = []
+        sources = discover(args.input, skipped_files)
+        stats = Stats(sources, skipped_files=skipped_files)
         sample: list[str] = []
 
         def texts():
@@ -129,6 +130,10 @@ def main(argv=None) -> int:
         for examples in stats.examples.values():
             for ex in examples:
                 print(f"  {ex}")
+    if skipped_files:
+        print(f"skipped {len(skipped_files):,} file(s) found in input folders, not read; e.g.")
+        for sk in skipped_files[:5]:
+            print(f"  {sk.describe()}")
     if args.no_hf:
         return 0
     print(f"wrote HF files: {', '.join(n for n in HF_FILES)} in {args.output_dir}")

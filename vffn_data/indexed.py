@@ -5,6 +5,8 @@ Data goes to ``<final>.tmp-<pid>`` names through megatron-core's ``IndexedDatase
 commit, each key's old ``.idx`` is removed first, then the new ``.bin`` and finally the new ``.idx``
 are renamed into place: the ``.idx`` is the commit marker (megatron opens it first and needs both),
 so at every instant a crash leaves either the old pair, no pair, or a ``.bin`` with no ``.idx``.
+Each pair's sidecar ``.meta.json`` (content fingerprint, tokenizer; see identity.py) goes last; the
+old one is removed with the old ``.idx``, so a sidecar never describes a pair it was not written for.
 """
 from __future__ import annotations
 
@@ -64,7 +66,7 @@ class AtomicIndexedWriter:
             self.abort()
             raise
         self.bin_bytes = {k: 0 for k in self.keys}
-        self.n_docs = 0
+        self.n_docs = {k: 0 for k in self.keys}
 
     def add_documents(self, key: str, tokens: np.ndarray, lengths: np.ndarray) -> None:
         b = self.builders[key]
@@ -73,8 +75,13 @@ class AtomicIndexedWriter:
             b.add_document(tokens[start:start + n], [n])
             start += n
         self.bin_bytes[key] += tokens.nbytes
+        self.n_docs[key] += len(lengths)
 
-    def commit(self) -> list[str]:
+    def commit(self, tokenizer: dict | None = None) -> list[str]:
+        """Rename the pairs into place; with ``tokenizer`` (identity.tokenizer_record) also write
+        each pair's ``.meta.json`` sidecar. Returns the written paths."""
+        from .identity import content_fingerprint, meta_path, write_meta
+
         for k in self.keys:
             self.builders[k].finalize(self.tmp[k][1])  # also closes the .bin
         for k in self.keys:
@@ -83,11 +90,15 @@ class AtomicIndexedWriter:
         written = []
         for k in self.keys:
             final_bin, final_idx = self.final[k]
-            if os.path.exists(final_idx):
-                os.unlink(final_idx)
+            prefix = final_idx[:-len(".idx")]
+            for old in (final_idx, meta_path(prefix)):
+                if os.path.exists(old):
+                    os.unlink(old)
             os.replace(self.tmp[k][0], final_bin)
             os.replace(self.tmp[k][1], final_idx)
             written += [final_bin, final_idx]
+            if tokenizer is not None:
+                written.append(write_meta(prefix, content_fingerprint(prefix), tokenizer, self.n_docs[k], key=k))
         self.builders = {}
         return written
 

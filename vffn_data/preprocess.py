@@ -13,7 +13,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from .corpus import REASONS, InputError, discover, iter_batches
+from .corpus import DEFAULT_MAX_DOC_BYTES, REASONS, InputError, discover, iter_batches
+from .identity import tokenizer_record
 from .summary import Progress, Stats
 from .tokenizer import load_tokenizer, resolve_tokenizer_file
 from .worker import BatchProcessor, Result, init_worker, process
@@ -42,6 +43,7 @@ class PreprocessConfig:
     progress: bool = True
     log_interval: float = 30.0
     summary_json: str | None = None
+    max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES
 
 
 def _ordered_results(batches, workers: int, init_args: tuple) -> Iterator[Result]:
@@ -83,19 +85,21 @@ def preprocess(cfg: PreprocessConfig) -> tuple[Stats, list[str]]:
     keys = list(cfg.json_keys)
     if not keys or len(set(keys)) != len(keys):
         raise InputError(f"--json-keys must be distinct field names, got {keys}")
-    sources = discover(cfg.inputs)
+    skipped_files: list = []
+    sources = discover(cfg.inputs, skipped_files)
     if len(keys) > 1 and any(s.kind == "txt" for s in sources):
         raise InputError("plain-text inputs have one field per document; use a single --json-keys with .txt files")
     tok_file = str(resolve_tokenizer_file(cfg.tokenizer_model))
     tokenizer = load_tokenizer(tok_file)
     dtype = token_dtype(tokenizer.vocab_size)
 
-    stats = Stats(sources)
+    stats = Stats(sources, skipped_files=skipped_files)
     progress = Progress(sum(s.size for s in sources), stats, enabled=cfg.progress, interval=cfg.log_interval)
     writer = AtomicIndexedWriter(cfg.output_prefix, keys, dtype)
     results = None
     try:
-        batches = iter_batches(sources, keys, batch_bytes=cfg.batch_bytes, txt_mode=cfg.txt_mode, split=cfg.split)
+        batches = iter_batches(sources, keys, batch_bytes=cfg.batch_bytes, txt_mode=cfg.txt_mode, split=cfg.split,
+                               max_doc_bytes=cfg.max_doc_bytes)
         results = _ordered_results(batches, cfg.workers, (tok_file, keys, cfg.append_eod, dtype.__name__))
         for res in results:
             if cfg.strict and res.problems:
@@ -109,7 +113,7 @@ def preprocess(cfg: PreprocessConfig) -> tuple[Stats, list[str]]:
         if stats.docs == 0:
             raise NoDocumentsError("no valid document in the input; nothing written"
                                    + (f" (skipped: {dict(stats.skipped)})" if stats.skipped else ""))
-        outputs = writer.commit()
+        outputs = writer.commit(tokenizer=tokenizer_record(tokenizer))
     except BaseException:
         if results is not None:
             results.close()  # stops the worker pool before the files go

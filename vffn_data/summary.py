@@ -7,7 +7,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from .corpus import REASONS, Problem, Source
+from .corpus import FILE_SKIPS, REASONS, Problem, SkippedFile, Source
 
 EXAMPLES_PER_REASON = 3
 
@@ -23,6 +23,7 @@ class Stats:
     examples: dict = field(default_factory=lambda: defaultdict(list))
     start: float = field(default_factory=time.monotonic)
     seconds: float = 0.0
+    skipped_files: list[SkippedFile] = field(default_factory=list)  # passed over by the directory search
 
     def add(self, n_docs: int, n_tokens: int, nbytes: int, blank: int, problems: list[Problem]) -> None:
         self.docs += n_docs
@@ -50,6 +51,7 @@ class Stats:
             "documents_written": self.docs, "tokens": self.tokens, "input_bytes": self.nbytes,
             "blank_lines_ignored": self.blank, "skipped": dict(self.skipped),
             "skipped_examples": {k: v for k, v in self.examples.items()},
+            "skipped_files": [{"path": sk.path, "reason": sk.reason} for sk in self.skipped_files],
             "seconds": round(self.seconds or self.elapsed(), 3), **{k: round(v, 2) for k, v in self.rates().items()},
         }
 
@@ -64,10 +66,19 @@ class Stats:
             f"{r['tokens_per_s']:,.0f} tokens/s, {r['mb_per_s']:,.2f} MB/s)",
         ]
         total_skipped = sum(self.skipped.values())
-        lines.append(f"  skipped            {total_skipped:,}" + ("" if total_skipped else " (no bad input)"))
+        clean = not total_skipped and not self.skipped_files
+        lines.append(f"  skipped            {total_skipped:,}" + (" (no bad input)" if clean else ""))
         for reason, n in self.skipped.most_common():
             lines.append(f"    {reason:<16} {n:,}  -- {REASONS.get(reason, '')}")
             lines += [f"      e.g. {ex}" for ex in self.examples[reason]]
+        if self.skipped_files:
+            lines.append(f"  skipped files      {len(self.skipped_files):,} (found in input folders, not read)")
+            by_reason: dict = defaultdict(list)
+            for sk in self.skipped_files:
+                by_reason[sk.reason].append(sk.path)
+            for reason, paths in by_reason.items():
+                lines.append(f"    {reason:<16} {len(paths):,}  -- {FILE_SKIPS[reason]}")
+                lines += [f"      e.g. {p}" for p in paths[:EXAMPLES_PER_REASON]]
         if self.blank:
             lines.append(f"  blank lines ignored {self.blank:,}")
         for path in outputs:

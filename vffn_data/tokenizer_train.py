@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 HF_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# Every file a training writes: a new training removes those it did not write this time, so no file
+# of an older tokenizer (e.g. a tokenizer.json beside a new --no-hf tokenizer.model) survives it.
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.vocab") + HF_FILES
 # sentencepiece piece types (sentencepiece_model.proto)
 _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
 
@@ -70,7 +73,8 @@ def train_sentencepiece(texts: Iterable[str], output_dir: str | os.PathLike, opt
 
     ``before_commit(tmp_dir)`` may add files next to the fresh model (the HF export) or raise to
     discard everything; all files are then moved into ``output_dir``, ``tokenizer.model`` last, so a
-    present tokenizer.model means a complete directory."""
+    present tokenizer.model means a complete directory. Known tokenizer files of an older training
+    that this one did not write (TOKENIZER_FILES) are removed first, the old tokenizer.model first of all."""
     import sentencepiece as spm
 
     out = Path(output_dir)
@@ -111,6 +115,10 @@ def train_sentencepiece(texts: Iterable[str], output_dir: str | os.PathLike, opt
         if before_commit is not None:
             before_commit(Path(tmp_prefix))
         names = sorted(os.listdir(tmp_prefix), key=lambda n: n == "tokenizer.model")  # .model last
+        # The old tokenizer.model goes first: until the new one lands the folder reads as incomplete.
+        for name in TOKENIZER_FILES:
+            if (name == "tokenizer.model" or name not in names) and (out / name).is_file():
+                os.unlink(out / name)
         for name in names:
             os.replace(os.path.join(tmp_prefix, name), out / name)
     finally:
