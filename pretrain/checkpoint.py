@@ -544,7 +544,8 @@ class Checkpointer:
         latest = read_latest(self.dir)
         needed = verify_step(os.path.join(self.dir, latest), "size").total_bytes if latest else 0
         try:
-            free = _human(shutil.disk_usage(self.dir).free)
+            free_bytes = shutil.disk_usage(self.dir).free
+            free = _human(free_bytes) + (" (less than one checkpoint: the disk is full)" if free_bytes < needed else "")
         except OSError:
             free = "unknown"
         need = f"a checkpoint of this run takes about {_human(needed)} (the size of {latest})" if needed else \
