@@ -59,55 +59,11 @@ local_ranks=()
 if [[ "$NPROC_PER_NODE" =~ ^[0-9]+$ && "$NODE_RANK" =~ ^[0-9]+$ ]]; then
     for ((i = 0; i < NPROC_PER_NODE; i++)); do local_ranks+=($((NODE_RANK * NPROC_PER_NODE + i))); done
 fi
-if [ -z "${VFFN_EXIT_STATUS_DIR:-}" ]; then
-    VFFN_EXIT_STATUS_DIR="$(mktemp -d "${TMPDIR:-/tmp}/vffn-exit.XXXXXX")"
-    trap 'rm -rf "$VFFN_EXIT_STATUS_DIR"' EXIT
-else
-    mkdir -p "$VFFN_EXIT_STATUS_DIR"
-    for r in "${local_ranks[@]}"; do rm -f "$VFFN_EXIT_STATUS_DIR/rank_$r.exit"; done  # a previous run's
-fi
-export VFFN_EXIT_STATUS_DIR
-
-# In the background, so that this shell can forward signals and read the workers' codes afterwards.
-# Forwarded once: more signals while torchrun waits for the workers to save could cut that wait short.
-child=
-signal_=
-forward() {
-    [ -z "$signal_" ] || return 0
-    signal_="$1"
-    [ -z "$child" ] || kill -s "$1" "$child" 2>/dev/null || true
-}
-trap 'forward TERM' TERM
-trap 'forward INT' INT
-trap 'forward TERM' USR1
-# SIGUSR1 ignored by torchrun (its default action would kill it, orphaning the workers); the workers
-# install their own handler for it.
-(trap '' USR1; exec "$PYTHON" -m torch.distributed.run \
+# shellcheck source=launch/exit_status.sh
+. "$REPO/launch/exit_status.sh"
+status_dir_init "${local_ranks[@]}"
+run_forwarded "$PYTHON" -m torch.distributed.run \
     --nnodes="$NNODES" --node_rank="$NODE_RANK" --nproc_per_node="$NPROC_PER_NODE" \
     --master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT" --max_restarts=0 \
-    -m pretrain "$@") &
-child=$!
-[ -z "$signal_" ] || kill -s "$signal_" "$child" 2>/dev/null || true  # arrived before torchrun started
-# `wait` returns early when a trapped signal arrives: wait again until torchrun is gone.
-while kill -0 "$child" 2>/dev/null; do wait "$child" 2>/dev/null || true; done
-rc=0
-wait "$child" 2>/dev/null || rc=$?
-
-codes=()
-for r in "${local_ranks[@]}"; do
-    f="$VFFN_EXIT_STATUS_DIR/rank_$r.exit"
-    [ -f "$f" ] && read -r code < "$f" && [[ "$code" =~ ^[0-9]+$ ]] || { codes=(); break; }
-    codes+=("$code")
-done
-if [ "${#codes[@]}" -gt 0 ]; then
-    worker_rc=0
-    for code in "${codes[@]}"; do
-        if [ "$code" != 0 ]; then worker_rc="$code"; break; fi
-    done
-    if [ "$worker_rc" != "$rc" ]; then
-        echo "launch/torchrun.sh: torchrun exited $rc; the workers' own exit codes" \
-             "(ranks ${local_ranks[0]}-${local_ranks[-1]}): ${codes[*]}; exiting $worker_rc" >&2
-    fi
-    rc="$worker_rc"
-fi
-exit "$rc"
+    -m pretrain "$@"
+exit_with_workers_code torchrun "${local_ranks[@]}"

@@ -2,9 +2,11 @@
 
 Run it under a launcher for several processes (launch/torchrun.sh, launch/deepspeed.sh,
 launch/slurm.sbatch); without one it trains in a single process. Every check that can fail on the
-config, the data or the tokenizer runs before any process group starts.
+config runs before any process group starts; with several ranks the group then starts only to give every rank
+global rank 0's output_dir lock verdict (pretrain/run_lock.py), before the data, tokenizer and checkpoint checks.
 
-Exit codes: 0 done (or stopped by SIGTERM / SIGINT after saving), 2 bad configuration, 3 non-finite loss,
+Exit codes: 0 done (or stopped by SIGTERM / SIGINT after saving), 2 bad configuration (or output_dir in use
+by another run: pretrain/run_lock.py), 3 non-finite loss (also max_consecutive_skips skipped steps in a row),
 4 a checkpoint could not be saved (full disk, ...: the partial save is removed, ``latest`` left alone).
 With ``VFFN_EXIT_STATUS_DIR`` set (launch/torchrun.sh sets it), each rank also writes its exit code to
 ``<dir>/rank_<RANK>.exit``: torchrun itself reports 1 whenever it was signalled, so the launcher reads the
@@ -79,6 +81,9 @@ def _write_exit_status(code: int) -> None:
 def _main(argv: list[str] | None = None) -> int:
     # intermixed: overrides may stand on both sides of a flag (`a.x=1 --check b.y=2`)
     args = _parser().parse_intermixed_args(argv)
+    from .run_lock import agree, abort_start, lock_run, watch_parent
+
+    watch_parent()  # under a launcher: die with it (never train on as an orphan beside a relaunch)
     quiet_library_warnings()
     from vffn_megatron.device import configure_environment
 
@@ -101,6 +106,12 @@ def _main(argv: list[str] | None = None) -> int:
 
             _say(json.dumps(ds_config(cfg, world), indent=2))
             return 0
+        if not args.check:  # one run per output_dir: rank 0 locks it, every rank gets its verdict
+            refusal = agree(lock_run(cfg), cfg.parallel.timeout_minutes)
+            if refusal is not None:
+                _say(f"error: {refusal}", err=True)
+                abort_start()
+                return EXIT_CONFIG
         resume = resolve_resume(cfg)
         if resume is not None:
             check_layout(resume, cfg, world)
@@ -108,6 +119,7 @@ def _main(argv: list[str] | None = None) -> int:
         tokenizer, vocab = preflight(cfg)
     except ConfigError as e:
         _say(f"config error: {e}", err=True)
+        abort_start()  # the lock's empty new folder, the group run_lock.agree started
         return EXIT_CONFIG
     if args.check:
         _say(f"config OK: {args.config} (model vocab {vocab}, {world} process(es))")

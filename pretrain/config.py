@@ -145,6 +145,7 @@ class RunConfig:
     seed: int = 1234  # weights and VersatileFFN Gumbel noise
     precision: str = "bf16"  # bf16 | fp32
     on_nonfinite: str = "stop"  # non-finite loss: stop (error naming the step) | skip (drop the step's update)
+    max_consecutive_skips: int = 10  # skip mode: this many non-finite steps in a row stop the run (exit 3)
     model: ModelConfig = field(default_factory=ModelConfig)
     vffn: Optional[VersatileFFNConfig] = field(default_factory=VersatileFFNConfig)
     kloop: Optional[KLoopConfig] = field(default_factory=KLoopConfig)
@@ -411,6 +412,8 @@ def validate(cfg: RunConfig, world_size: Optional[int] = None) -> None:
     _choice(cfg.model.attention_backend, "model.attention_backend", ATTENTION_BACKENDS)
     _choice(cfg.precision, "precision", ("bf16", "fp32"))
     _choice(cfg.on_nonfinite, "on_nonfinite", ("stop", "skip"))
+    _need(isinstance(cfg.max_consecutive_skips, int) and cfg.max_consecutive_skips >= 1,
+          f"max_consecutive_skips must be an integer >= 1, got {cfg.max_consecutive_skips!r}")
     _choice(cfg.schedule.decay_style, "schedule.decay_style", ("cosine", "constant"))
     _choice(cfg.logging.progress, "logging.progress", ("line", "bar", "none"))
     tp = cfg.parallel.tensor_model_parallel_size

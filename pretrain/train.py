@@ -22,7 +22,8 @@ from .metrics import Metrics, StepRecord
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN/inf (on_nonfinite: stop); raised before the step's update is applied."""
+    """The loss became NaN/inf (on_nonfinite: stop), or max_consecutive_skips steps in a row did (skip); raised
+    before the step's update is applied."""
 
 
 @dataclass
@@ -232,6 +233,7 @@ def train(cfg: RunConfig, tokenizer, vocab_size: int, resume: Optional[ckpt.Resu
     tokens_per_step = s.global_batch_size * cfg.model.seq_length
     timed_steps, timed_secs = 0, 0.0
     micro_since_log = 0
+    run_of_skips = 0  # consecutive skipped steps (on_nonfinite: skip)
 
     def client_state() -> dict:
         return {"step": step, "consumed_samples": consumed, "skipped_steps": result.skipped_steps,
@@ -244,8 +246,18 @@ def train(cfg: RunConfig, tokenizer, vocab_size: int, resume: Optional[ckpt.Resu
             out = train_step(engine, batches, cfg, world, hooks, step, stop is not None and stop.received)
             if out.nonfinite:
                 result.skipped_steps += 1
+                run_of_skips += 1
                 metrics.info(f"WARNING: non-finite loss at step {step + 1}: update skipped "
-                             f"({result.skipped_steps} skipped so far)")
+                             f"({result.skipped_steps} skipped so far, {run_of_skips} in a row)")
+                if run_of_skips >= cfg.max_consecutive_skips:  # every rank agrees: out.nonfinite is all-reduced
+                    raise NonFiniteLossError(
+                        f"non-finite training loss at {run_of_skips} consecutive steps ({step + 2 - run_of_skips}-"
+                        f"{step + 1}; max_consecutive_skips={cfg.max_consecutive_skips}) with on_nonfinite=skip: "
+                        f"the run is diverging and was stopped without saving. Lower optimizer.lr (or raise "
+                        f"schedule.warmup_steps), check the data, and resume from the last checkpoint"
+                        + (f" ({result.checkpoints[-1]})" if result.checkpoints else ""))
+            else:
+                run_of_skips = 0
             step += 1
             consumed += s.global_batch_size
             micro_since_log += gas
