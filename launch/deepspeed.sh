@@ -2,7 +2,7 @@
 # Launch `python -m pretrain` with DeepSpeed's launcher.
 #
 #   launch/deepspeed.sh --config configs/tiny.yaml [section.key=value ...]       # this node
-#   HOSTFILE=launch/hostfile.example launch/deepspeed.sh --config configs/paper_1b.yaml
+#   HOSTFILE=launch/hostfile.example launch/deepspeed.sh --config configs/paper_354m.yaml
 #       # from node 0: starts every host of the hostfile over pdsh/ssh (passwordless ssh needed;
 #       # environment reaches remote ranks only through a .deepspeed_env file, see DeepSpeed's docs)
 #   HOSTFILE=... NO_SSH=1 NODE_RANK=1 MASTER_ADDR=node0 launch/deepspeed.sh --config ...

@@ -3,7 +3,7 @@
 #
 #   launch/torchrun.sh --config configs/tiny.yaml [section.key=value ...]
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=node0 MASTER_PORT=6000 NPROC_PER_NODE=8 \
-#       launch/torchrun.sh --config configs/paper_1b.yaml          # on node0; NODE_RANK=1 on node1
+#       launch/torchrun.sh --config configs/paper_354m.yaml        # on node0; NODE_RANK=1 on node1
 #
 # Environment (all optional):
 #   NNODES           number of nodes (default 1)

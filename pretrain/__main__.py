@@ -28,7 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="YAML run config (see configs/)")
     p.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="override any config value (YAML syntax: 1e-3, true, null, [1,2])")
-    p.add_argument("--check", action="store_true", help="validate config, data and tokenizer, then exit")
+    p.add_argument("--check", action="store_true",
+                   help="print the model's parameter count, validate config, data and tokenizer, then exit")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--print-deepspeed-config", action="store_true",
                    help="print the DeepSpeed JSON generated for this config and WORLD_SIZE (default 1), and exit")
@@ -50,6 +51,13 @@ def quiet_library_warnings() -> None:
                 r"`torch\.distributed\.all_gather_into_tensor` is deprecated",
                 r"`torch\.distributed\.reduce_scatter_tensor` is deprecated"):
         warnings.filterwarnings("ignore", message=msg)
+
+
+def _say_params(cfg, vocab: int) -> None:
+    """The whole model's parameter count (built on the meta device: no memory, any size)."""
+    from .params import count_parameters
+
+    _say(f"model.arch {cfg.model.arch}, vocab {vocab}: {count_parameters(cfg, vocab).describe()}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,6 +114,8 @@ def _main(argv: list[str] | None = None) -> int:
 
             _say(json.dumps(ds_config(cfg, world), indent=2))
             return 0
+        if args.check and cfg.model.vocab_size is not None:  # before the file checks: shown with data missing too
+            _say_params(cfg, cfg.model.vocab_size)
         if not args.check:  # one run per output_dir: rank 0 locks it, every rank gets its verdict
             refusal = agree(lock_run(cfg), cfg.parallel.timeout_minutes)
             if refusal is not None:
@@ -122,6 +132,8 @@ def _main(argv: list[str] | None = None) -> int:
         abort_start()  # the lock's empty new folder, the group run_lock.agree started
         return EXIT_CONFIG
     if args.check:
+        if cfg.model.vocab_size is None:  # the count needed the tokenizer's vocabulary
+            _say_params(cfg, vocab)
         _say(f"config OK: {args.config} (model vocab {vocab}, {world} process(es))")
         return 0
 

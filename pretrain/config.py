@@ -10,7 +10,7 @@ YAML shape (see configs/tiny.yaml)::
     run_name: ...
     output_dir: runs/x         # checkpoints/, tensorboard/, config.yaml, metrics.jsonl
     model: {arch: vffn | dense | kloop | moe, num_layers: ..., ...}   # GPTConfig fields + arch
-    vffn: {num_experts: ..., ...}                       # VersatileFFNConfig; used by arch: vffn only
+    vffn: {num_experts: ..., tau_decay: auto, ...}      # VersatileFFNConfig; used by arch: vffn only
     kloop: {loops: 2}                                   # KLoopConfig; used by arch: kloop only
     moe: {num_experts: 4, top_k: 2, aux_loss_coeff: 0.01}  # MoEConfig; used by arch: moe only
     parallel: {...}  data: {...}  optimizer: {...}  schedule: {...}  checkpoint: {...}  logging: {...}
@@ -368,7 +368,36 @@ def from_dict(tree: dict) -> RunConfig:
     data = tree.get("data")
     if isinstance(data, dict) and "datasets" in data:
         tree = {**tree, "data": {**data, "datasets": normalize_datasets(data["datasets"])}}
-    return _build(RunConfig, tree, "")
+    return _build(RunConfig, resolve_tau_decay(tree), "")
+
+
+def resolve_tau_decay(tree: dict) -> dict:
+    """``vffn.tau_decay: auto``: the decay that takes tau from tau_start to tau_end exactly at the last update
+    (0-based index train_steps - 1: tau_start * decay**(train_steps - 1) == tau_end), from the final
+    schedule.train_steps (file + overrides). The number replaces ``auto``, so the saved config.yaml has it."""
+    v = tree.get("vffn")
+    if not isinstance(v, dict) or not isinstance(v.get("tau_decay"), str):
+        return tree
+    if v["tau_decay"].strip().lower() != "auto":
+        try:
+            float(v["tau_decay"])  # "1e-3"-style strings are numbers (the type check converts them)
+            return tree
+        except ValueError:
+            raise ConfigError(f"vffn.tau_decay must be a number in (0, 1] or auto (reach vffn.tau_end at the "
+                              f"last step), got {v['tau_decay']!r}") from None
+    steps = _convert((tree.get("schedule") or {}).get("train_steps", ScheduleConfig.train_steps), int,
+                     "schedule.train_steps")
+    start = _convert(v.get("tau_start", VersatileFFNConfig.tau_start), float, "vffn.tau_start")
+    end = _convert(v.get("tau_end", VersatileFFNConfig.tau_end), float, "vffn.tau_end")
+    _need(steps >= 2, f"vffn.tau_decay: auto needs schedule.train_steps >= 2 (got {steps}): the temperature "
+          f"cannot fall from tau_start to tau_end in one update; give vffn.tau_decay a number instead")
+    _need(math.isfinite(start) and 0 < end < start,
+          f"vffn.tau_decay: auto needs vffn.tau_start > vffn.tau_end > 0 (got tau_start {start}, tau_end {end}); "
+          f"with tau_start == tau_end use vffn.tau_decay: 1.0")
+    decay = (end / start) ** (1.0 / (steps - 1))
+    while start * decay ** (steps - 1) > end:  # round-off: VersatileFFNConfig.tau's max() must pick tau_end
+        decay = math.nextafter(decay, 0.0)
+    return {**tree, "vffn": {**v, "tau_decay": decay}}
 
 
 def normalize_datasets(value: Any) -> Any:

@@ -49,14 +49,15 @@ def setup_parallel(cfg: RunConfig) -> int:
     return dist.get_world_size()
 
 
-def build_model(cfg: RunConfig, vocab_size: int):
+def build_model(cfg: RunConfig, vocab_size: int, meta: bool = False):
+    """The run's GPTModel (this rank's TP shard); ``meta``: on the meta device, shapes only (pretrain.params)."""
     from vffn_megatron import build_gpt_model
 
     gpt = cfg.model.gpt()
     gpt.vocab_size = vocab_size
     return build_gpt_model(gpt, cfg.vffn_or_none, cfg.parallel.tensor_model_parallel_size,
                            bf16=cfg.precision == "bf16", kloop=cfg.kloop_or_none, moe=cfg.moe_or_none,
-                           attention_backend=cfg.model.attention_backend)
+                           attention_backend=cfg.model.attention_backend, meta=meta)
 
 
 def _micro_loss(engine, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,6 +1,7 @@
 """Build a megatron-core ``GPTModel`` (RoPE, RMSNorm, SwiGLU, untied embeddings) with either MLP spec."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Optional
 
@@ -74,11 +75,12 @@ def transformer_config(cfg: GPTConfig, tensor_parallel_size: int = 1, bf16: bool
 
 
 def build_gpt_model(cfg: GPTConfig, vffn: Optional[VersatileFFNConfig] = None, tensor_parallel_size: int = 1,
-                    bf16: bool = False, kloop=None, moe=None, attention_backend: str = "sdpa"):
+                    bf16: bool = False, kloop=None, moe=None, attention_backend: str = "sdpa", meta: bool = False):
     """GPTModel whose FFN is VersatileFFN (``vffn``), the k-loop baseline (``kloop``: KLoopConfig), megatron's
     MoE (``moe``: MoEConfig), or the dense baseline (none given). ``attention_backend``: sdpa (torch's fused
     scaled_dot_product_attention) or local (megatron's DotProductAttention): the same function, the same
-    weights. Call init_megatron first."""
+    weights. ``meta``: every tensor on the meta device (shapes only, no memory, no initialisation: parameter
+    counts of paper-size models). Call init_megatron first."""
     from megatron.core.models.gpt import GPTModel
 
     from .baselines import configure_moe, get_kloop_layer_spec, get_moe_layer_spec
@@ -88,7 +90,9 @@ def build_gpt_model(cfg: GPTConfig, vffn: Optional[VersatileFFNConfig] = None, t
     if len(chosen) > 1:
         raise VFFNConfigError(f"choose one FFN kind, got {chosen}")
     cfg.validate(tensor_parallel_size)
-    tcfg = transformer_config(cfg, tensor_parallel_size, bf16)
+    # meta: megatron's GPU initialisation would allocate on the CUDA device whatever the default device is
+    tcfg = transformer_config(cfg, tensor_parallel_size, bf16, use_cpu_initialization=True if meta else None)
+    tcfg.perform_initialization = not meta
     if vffn is not None:
         vffn.validate(cfg.ffn_hidden_size, tensor_parallel_size)
         spec = get_layer_spec(vffn)
@@ -102,11 +106,12 @@ def build_gpt_model(cfg: GPTConfig, vffn: Optional[VersatileFFNConfig] = None, t
     else:
         spec = get_layer_spec(None)
     spec = with_attention_backend(spec, attention_backend)
-    model = GPTModel(
-        config=tcfg, transformer_layer_spec=spec, vocab_size=cfg.vocab_size,
-        max_sequence_length=cfg.seq_length, position_embedding_type="rope", rotary_base=cfg.rotary_base,
-        share_embeddings_and_output_weights=not cfg.untie_embeddings_and_output_weights,
-    )
-    if use_cuda():
+    with torch.device("meta") if meta else contextlib.nullcontext():
+        model = GPTModel(
+            config=tcfg, transformer_layer_spec=spec, vocab_size=cfg.vocab_size,
+            max_sequence_length=cfg.seq_length, position_embedding_type="rope", rotary_base=cfg.rotary_base,
+            share_embeddings_and_output_weights=not cfg.untie_embeddings_and_output_weights,
+        )
+    if use_cuda() and not meta:
         model = model.cuda()
     return model
