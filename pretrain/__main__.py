@@ -127,6 +127,10 @@ def _main(argv: list[str] | None = None) -> int:
             check_layout(resume, cfg, world)
             check_same_model(resume, cfg)
         tokenizer, vocab = preflight(cfg)
+        from .init_from import prepare_init_from
+
+        # checkpoint.init_from: checked (and, for a run, its weights loaded) before the process group starts
+        init = prepare_init_from(cfg, vocab, resuming=resume is not None, load=not args.check, say=_say)
     except ConfigError as e:
         _say(f"config error: {e}", err=True)
         abort_start()  # the lock's empty new folder, the group run_lock.agree started
@@ -141,7 +145,7 @@ def _main(argv: list[str] | None = None) -> int:
     from .train import NonFiniteLossError, train
 
     try:
-        result = train(cfg, tokenizer, vocab, resume)
+        result = train(cfg, tokenizer, vocab, resume, init=init)
     except NonFiniteLossError as e:
         _say(f"error: {e}", err=True)
         return EXIT_NONFINITE

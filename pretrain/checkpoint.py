@@ -363,7 +363,7 @@ def check_same_model(point: ResumePoint, cfg: RunConfig) -> None:
             continue
         # tau / aux coeff / recompute may change; the rest shapes the weights or the function
         keys = {"model": sorted((set(a) | set(b)) - MODEL_RUNTIME_KEYS), "vffn": VersatileFFNConfig.ARCH_FIELDS, "kloop": ["loops"],
-                "moe": ["num_experts", "top_k"]}[section]
+                "moe": ["num_experts", "top_k", "shared_expert", "expert_ffn_hidden_size"]}[section]
         diff += [f"{section}.{k} {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
     if diff:
         raise ConfigError(f"checkpoint {point.path} holds a different model ({'; '.join(diff)}). Use another "

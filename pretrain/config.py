@@ -12,7 +12,7 @@ YAML shape (see configs/tiny.yaml)::
     model: {arch: vffn | dense | kloop | moe, num_layers: ..., ...}   # GPTConfig fields + arch
     vffn: {num_experts: ..., tau_decay: auto, ...}      # VersatileFFNConfig; used by arch: vffn only
     kloop: {loops: 2}                                   # KLoopConfig; used by arch: kloop only
-    moe: {num_experts: 4, top_k: 2, aux_loss_coeff: 0.01}  # MoEConfig; used by arch: moe only
+    moe: {num_experts: 8, top_k: 2, ...}               # MoESection (MoEConfig); used by arch: moe only
     parallel: {...}  data: {...}  optimizer: {...}  schedule: {...}  checkpoint: {...}  logging: {...}
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any, List, Optional
 
 import yaml
 
-from vffn_megatron.config import ATTENTION_BACKENDS, KLoopConfig, MoEConfig
+from vffn_megatron.config import ATTENTION_BACKENDS, UPCYCLE_EXPERTS, KLoopConfig, MoEConfig
 from vffn_megatron.config import VersatileFFNConfig, VFFNConfigError
 from vffn_megatron.model import GPTConfig
 
@@ -61,12 +61,14 @@ class ModelConfig(GPTConfig):
 
 @dataclass
 class MoESection(MoEConfig):
-    """megatron's MoE baseline (arch: moe): experts of model.ffn_hidden_size each. Smaller defaults than
-    MoEConfig's (the run config's scale is a tiny model), the same whether the section is absent or partial."""
+    """megatron's MoE baseline (arch: moe), MoEConfig's fields with the paper's defaults: a shared expert of
+    model.ffn_hidden_size + num_experts routed experts of hidden ffn_hidden_size / num_experts, top-2, aux 1e-5.
+    The Switch-style full-size experts variant: shared_expert: false, expert_ffn_hidden_size: <ffn_hidden_size>."""
 
-    num_experts: int = 4
-    top_k: int = 2
-    aux_loss_coeff: float = 0.01
+    # checkpoint.init_from of a dense checkpoint (upcycling): the dense FFN becomes the shared expert; the routed
+    # experts are "slices" (expert e = the dense FFN's hidden units [e*Fe, (e+1)*Fe): needs Fe = F / num_experts)
+    # or "fresh" (the trainer's own initialisation from the run seed). The router is always fresh.
+    upcycle_experts: str = "slices"
 
 
 @dataclass
@@ -124,6 +126,10 @@ class CheckpointConfig:
     interval: int = 0  # save every N steps; 0 = only at the end
     keep_last: int = 3  # keep the newest K checkpoints; 0 keeps all
     resume: str = "auto"  # auto (latest in dir, if any) | none | <checkpoint dir or step directory>
+    # a fresh run (nothing to resume) starts from these weights: a trainer checkpoint (run / checkpoints / step
+    # directory, any TP / ZeRO) of a dense model (upcycled into model.arch) or of model.arch itself (copied);
+    # optimizer, LR schedule, step and consumed samples start at 0 (pretrain/init_from.py)
+    init_from: Optional[str] = None
     save_at_end: bool = True
     save_on_sigterm: bool = True  # SIGTERM (e.g. SLURM pre-emption): save, then exit 0
     verify: str = "full"  # resume / export check the manifest: full (sizes + crc32) | size (sizes only: huge checkpoints)
@@ -173,6 +179,11 @@ class RunConfig:
     @property
     def moe_or_none(self) -> Optional[MoEConfig]:
         return self.moe if self.model.arch == "moe" else None
+
+    @property
+    def ffn_block(self):
+        """The FFN block config of model.arch: None (dense), VersatileFFNConfig, KLoopConfig or MoEConfig."""
+        return self.vffn_or_none or self.kloop_or_none or self.moe_or_none
 
     @property
     def checkpoint_dir(self) -> str:
@@ -465,9 +476,13 @@ def validate(cfg: RunConfig, world_size: Optional[int] = None) -> None:
             cfg.kloop.validate()
         if cfg.model.arch == "moe":
             _need(cfg.moe is not None, "model.arch is 'moe' but the moe section is null")
-            cfg.moe.validate(tensor_parallel_size=tp)
-            _need(math.isfinite(cfg.moe.aux_loss_coeff),
-                  f"moe.aux_loss_coeff must be a finite number, got {cfg.moe.aux_loss_coeff}")
+            cfg.moe.validate(tensor_parallel_size=tp, ffn_hidden_size=gpt.ffn_hidden_size)
+            _choice(cfg.moe.upcycle_experts, "moe.upcycle_experts", UPCYCLE_EXPERTS)
+            # megatron-core 0.16.1's MoELayer raises in its first training forward when TP > 1 without sequence
+            # parallelism, which the torch norms here cannot run
+            _need(tp == 1, f"model.arch=moe trains only at parallel.tensor_model_parallel_size=1 (got {tp}): "
+                  f"megatron-core's MoELayer refuses tensor parallelism without sequence parallelism, which this "
+                  f"trainer does not support. Use data parallelism (more processes at TP=1) instead")
     except VFFNConfigError as e:
         raise ConfigError(str(e)) from None
     if m.vocab_size is not None:
@@ -492,6 +507,8 @@ def validate(cfg: RunConfig, world_size: Optional[int] = None) -> None:
     c = cfg.checkpoint
     _need(c.interval >= 0 and c.keep_last >= 0, "checkpoint.interval and checkpoint.keep_last must be >= 0")
     _need(bool(c.resume), "checkpoint.resume must be auto, none or a checkpoint path")
+    _need(c.init_from is None or bool(c.init_from.strip()),
+          "checkpoint.init_from must be a checkpoint path or null")
     _choice(c.verify, "checkpoint.verify", ("full", "size"))  # full: sizes + crc32; size: sizes only
     _need(cfg.logging.log_interval >= 1, "logging.log_interval must be >= 1")
     d = cfg.data

@@ -187,11 +187,12 @@ def _write_run_config(cfg: RunConfig, rank: int) -> None:
 
 
 def train(cfg: RunConfig, tokenizer, vocab_size: int, resume: Optional[ckpt.ResumePoint] = None,
-          model_hook: Optional[Callable] = None) -> RunResult:
+          model_hook: Optional[Callable] = None, init=None) -> RunResult:
     """Run (or continue) the configured training; the process group is set up here if needed.
 
     ``model_hook(model)`` is called on the megatron model before DeepSpeed wraps it (tests use it to
-    inject faults)."""
+    inject faults). ``init``: the weights of ``checkpoint.init_from`` (``pretrain.init_from.InitPoint``) for a
+    fresh run, loaded before DeepSpeed builds the optimizer (so it, the LR schedule and the step start at 0)."""
     from megatron.core import parallel_state as ps
     from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler, clear_aux_losses_tracker
 
@@ -203,6 +204,8 @@ def train(cfg: RunConfig, tokenizer, vocab_size: int, resume: Optional[ckpt.Resu
     hooks = hooks_for(cfg)
 
     model = build_model(cfg, vocab_size)
+    if init is not None and resume is None:
+        init.apply(model, cfg.parallel.tensor_model_parallel_size, ps.get_tensor_model_parallel_rank())
     if model_hook is not None:
         model_hook(model)
     engine = build_engine(cfg, model, world)
@@ -228,6 +231,8 @@ def train(cfg: RunConfig, tokenizer, vocab_size: int, resume: Optional[ckpt.Resu
     metrics = Metrics(cfg, rank, step)
     if resume is not None:
         metrics.info(f"resumed from {resume.path} at step {step} ({consumed} samples consumed)")
+    elif init is not None:
+        metrics.info(init.message())
     _write_run_config(cfg, rank)
 
     stop = ckpt.StopSignal().install() if cfg.checkpoint.save_on_sigterm else None
@@ -238,7 +243,8 @@ def train(cfg: RunConfig, tokenizer, vocab_size: int, resume: Optional[ckpt.Resu
 
     def client_state() -> dict:
         return {"step": step, "consumed_samples": consumed, "skipped_steps": result.skipped_steps,
-                "data_signature": data_signature(cfg), "config": cfg.to_dict()}
+                "data_signature": data_signature(cfg), "config": cfg.to_dict(),
+                **({"initialised_from": init.message()} if init is not None and resume is None else {})}
 
     try:
         engine.train()

@@ -152,7 +152,7 @@ def test_import_dense_round_trip_and_resume(exports, ws):
     log = run_ok([sys.executable, str(REPO / "tools" / "import_hf.py"), "--hf", str(exports["dense_tp2_zero0"]),
                   "--config", str(REPO / "configs" / "tiny.yaml"), *over, "--nproc", "2"],
                  ws["root"] / "import.log", TIMEOUT, env=_no_launcher_env())
-    assert "upcycled dense -> VersatileFFN" in log
+    assert "upcycled dense -> vffn (fresh routers)" in log
     assert (out / "checkpoints" / "latest").read_text().strip() == "step_00000000"
 
     back = ws["root"] / "hf_upcycled"

@@ -199,6 +199,11 @@ def test_baseline_archs_load(ws):
     assert cfg.kloop_or_none.loops == 3 and cfg.vffn_or_none is None and cfg.moe_or_none is None
     cfg = load(ws, "model.arch=moe", "moe.num_experts=8", "moe.top_k=1")
     assert (cfg.moe_or_none.num_experts, cfg.moe_or_none.top_k) == (8, 1) and cfg.kloop_or_none is None
+    paper = load(ws, "model.arch=moe").moe  # the paper's MoE by default
+    assert (paper.num_experts, paper.top_k, paper.aux_loss_coeff, paper.shared_expert, paper.expert_ffn_hidden_size,
+            paper.upcycle_experts) == (8, 2, 1e-5, True, None, "slices")
+    switch = load(ws, "model.arch=moe", "moe.shared_expert=false", "moe.expert_ffn_hidden_size=128").moe
+    assert (switch.shared_expert, switch.expert_hidden(128)) == (False, 128)
     assert cfg.to_dict()["vffn"] is None  # only the chosen FFN's section describes the model
 
 
@@ -213,7 +218,15 @@ def test_compare_preset_is_valid():
     (["model.arch=mo"], "model.arch must be one of vffn, dense, kloop, moe; got 'mo'; did you mean 'moe'?"),
     (["model.arch=kloop", "kloop.loops=0"], "kloop.loops must be an integer >= 1, got 0"),
     (["model.arch=kloop", "kloop=null"], "model.arch is 'kloop' but the kloop section is null"),
-    (["model.arch=moe", "moe.top_k=5"], "moe.top_k must satisfy 1 <= top_k <= num_experts (4), got 5"),
+    (["model.arch=moe", "moe.top_k=9"], "moe.top_k must satisfy 1 <= top_k <= num_experts (8), got 9"),
+    (["model.arch=moe", "moe.num_experts=3"], "ffn_hidden_size (128) must be divisible by moe.num_experts (3)"),
+    (["model.arch=moe", "moe.expert_ffn_hidden_size=0"], "moe.expert_ffn_hidden_size must be a positive integer"),
+    (["model.arch=moe", "moe.expert_ffn_hidden_size=33", "parallel.tensor_model_parallel_size=2"],
+     "the routed experts' hidden size (33) must be divisible by the tensor-parallel size (2)"),
+    (["model.arch=moe", "parallel.tensor_model_parallel_size=2"],
+     "model.arch=moe trains only at parallel.tensor_model_parallel_size=1 (got 2)"),
+    (["model.arch=moe", "moe.upcycle_experts=copy"], "moe.upcycle_experts must be one of slices, fresh; got 'copy'"),
+    (["checkpoint.init_from=' '"], "checkpoint.init_from must be a checkpoint path or null"),
     (["model.arch=moe", "moe.num_experts=0"], "moe.num_experts must be an integer >= 1, got 0"),
     (["model.arch=moe", "moe.aux_loss_coeff=-1"], "moe.aux_loss_coeff must be >= 0"),
     (["model.arch=moe", "moe=null"], "model.arch is 'moe' but the moe section is null"),

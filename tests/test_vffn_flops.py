@@ -24,11 +24,23 @@ def test_dense_is_one_and_kloop_is_k():
         assert ffn_flop_ratio(64, 128, KLoopConfig(loops=k)) == k
 
 
-def test_moe_is_top_k_plus_router():
+def test_moe_is_shared_plus_top_k_experts_plus_router():
     d, F = 64, 128
-    moe = MoEConfig(num_experts=4, top_k=2)
-    assert ffn_macs_per_token(d, F, moe) == 2 * 3 * d * F + d * 4
-    assert ffn_flop_ratio(d, F, moe) == pytest.approx(2 + 4 / (3 * F))
+    moe = MoEConfig(num_experts=4, top_k=2)  # paper MoE: shared expert of F + experts of F/4
+    assert ffn_macs_per_token(d, F, moe) == 3 * d * F + 2 * 3 * d * (F // 4) + d * 4
+    assert ffn_flop_ratio(d, F, moe) == pytest.approx(1 + 2 / 4 + 4 / (3 * F))
+    switch = MoEConfig(num_experts=4, top_k=2, shared_expert=False, expert_ffn_hidden_size=F)
+    assert ffn_macs_per_token(d, F, switch) == 2 * 3 * d * F + d * 4
+    assert ffn_flop_ratio(d, F, switch) == pytest.approx(2 + 4 / (3 * F))
+
+
+def test_moe_paper_shape_is_1_25x_ffn_flops():
+    """The paper's 354M shape (d 1024, F 4096, N 8 experts of F/8, top-2): 1.25x the dense FFN + the router."""
+    d, F = 1024, 4096
+    r = ffn_flop_ratio(d, F, MoEConfig())
+    assert r == pytest.approx(1.25 + 8 / (3 * F), rel=1e-12)
+    print(f"[flops] paper MoE / dense FFN FLOPs at d {d}, F {F}: {r:.5f}")
+    assert "MoE 3·h·F (shared expert) + top_k·3·h·Fe" in TRAIN_FLOPS_FORMULA
 
 
 @pytest.mark.parametrize("N,k,D,F", [(8, 2, 4, 1408), (4, 2, 3, 128), (8, 1, 1, 64)])

@@ -3,9 +3,10 @@
 
     python tools/import_hf.py --hf runs/dense/hf --config configs/tiny.yaml [section.key=value ...] [--nproc 2]
 
-With a VersatileFFN run config (model.arch: vffn) a dense model is upcycled: attention, embeddings, norms and the
-FFN (as the shared FFN) are copied, the router and depth predictor are freshly initialised. The checkpoint goes
-to the run's checkpoint directory, so ``python -m pretrain --config <same config and overrides>`` resumes it.
+A dense model imports into every model.arch (vffn_hf/upcycle.py, as checkpoint.init_from): dense copies it;
+vffn / kloop get the FFN as their shared FFN (the post-attention norm as its norm); moe gets it as the shared expert
+with the routed experts per moe.upcycle_experts (slices of it, or fresh); routers are freshly initialised.
+The checkpoint goes to the run's checkpoint directory, so ``python -m pretrain --config <same config and overrides>`` resumes it.
 DeepSpeed resumes only in the layout a checkpoint was written in: use --nproc = the training run's process count
 (tensor-parallel x data-parallel size). Without a launcher this script starts torchrun itself when --nproc > 1.
 """

@@ -1,11 +1,15 @@
 """megatron-core GPTModel state dicts <-> Hugging Face Llama / VersatileFFN-Llama state dicts.
 
-Pure tensor bookkeeping (no megatron import). The architecture is the trainer's own ``GPTConfig`` plus a
-``VersatileFFNConfig`` (None: the dense baseline), as ``vffn_megatron.model.build_gpt_model`` takes them.
+Pure tensor bookkeeping (no megatron import). The architecture is the trainer's own ``GPTConfig`` plus the FFN
+block's config: None (dense), ``VersatileFFNConfig``, ``KLoopConfig`` or ``MoEConfig``, as
+``vffn_megatron.model.build_gpt_model`` takes them. Only dense and VersatileFFN models have an HF counterpart;
+the k-loop and MoE baselines' rows serve the TP merge / split, shape checks and upcycling.
 
 * :data:`TENSORS` - the one table: every tensor's megatron name, HF name(s), shape and tensor-parallel split,
-  templated by layer. Both conversion directions, the expected shapes of both sides, the TP split / merge
-  rules and the routers an upcycled model keeps are read from it;
+  templated by layer (and by routed expert). Both conversion directions, the expected shapes of both sides, the
+  TP split / merge rules and the routers an upcycled model keeps are read from it; :data:`UPCYCLE_RENAMES` /
+  :data:`EXPERT_SLICES` say where a dense model's tensors go in every other architecture
+  (:mod:`vffn_hf.upcycle`);
 * :func:`hf_config_fields` / :func:`from_hf_config` - the trainer's configs <-> an HF ``LlamaConfig``;
 * :func:`merge_tp_shards` / :func:`split_tp` - per-tensor-parallel-rank megatron state dicts <-> the full one;
 * :func:`megatron_to_hf` / :func:`hf_to_megatron` - renaming and re-laying out the full tensors.
@@ -23,16 +27,19 @@ Layout facts (megatron-core 0.16.1, local layer spec):
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 
-from vffn_megatron.config import VersatileFFNConfig
+from vffn_megatron.config import KLoopConfig, MoEConfig, VersatileFFNConfig
 from vffn_megatron.model import GPTConfig
 
 StateDict = Dict[str, torch.Tensor]
+FFNBlock = Union[None, VersatileFFNConfig, KLoopConfig, MoEConfig]  # None: the dense FFN
 
 
 class ConversionError(ValueError):
@@ -44,19 +51,21 @@ class ConversionError(ValueError):
 class TensorRow:
     """One megatron tensor and its HF counterpart(s). ``{i}`` in a name is the layer index."""
 
-    megatron: str
-    hf: Tuple[str, ...]  # several: the megatron tensor is split (``split``) into these, in this order
+    megatron: str  # ``{e}``: a routed expert's index (MoE)
+    hf: Tuple[str, ...]  # several: the megatron tensor is split (``split``) into these, in this order; () = none
     shape: Tuple[str, ...]  # megatron shape, in the named sizes of :func:`_sizes`
     tp: Optional[str] = None  # "column" (split on dim 0), "row" (dim 1), None (replicated)
     split: Optional[str] = None  # the only two re-layouts: "qkv" (per query group), "gated" ([gate; up])
-    only: Optional[str] = None  # present only for "untied" embeddings, "dense" or "vffn" FFNs
+    # present only with one of these tags (:func:`_tags`): "untied" embeddings, the FFN kind ("dense", "vffn",
+    # "kloop", "moe"), "moe_shared" (an MoE with a shared expert); None: always
+    only: Optional[Tuple[str, ...]] = None
 
 
 _M, _H = "decoder.layers.{i}.", "model.layers.{i}."
 TENSORS: Tuple[TensorRow, ...] = (
     TensorRow("embedding.word_embeddings.weight", ("model.embed_tokens.weight",), ("vocab", "hidden"), tp="column"),
     TensorRow("decoder.final_layernorm.weight", ("model.norm.weight",), ("hidden",)),
-    TensorRow("output_layer.weight", ("lm_head.weight",), ("vocab", "hidden"), tp="column", only="untied"),
+    TensorRow("output_layer.weight", ("lm_head.weight",), ("vocab", "hidden"), tp="column", only=("untied",)),
     TensorRow(_M + "input_layernorm.weight", (_H + "input_layernorm.weight",), ("hidden",)),
     TensorRow(_M + "self_attention.linear_qkv.weight",
               (_H + "self_attn.q_proj.weight", _H + "self_attn.k_proj.weight", _H + "self_attn.v_proj.weight"),
@@ -64,16 +73,49 @@ TENSORS: Tuple[TensorRow, ...] = (
     TensorRow(_M + "self_attention.linear_proj.weight", (_H + "self_attn.o_proj.weight",), ("hidden", "attn"),
               tp="row"),
     TensorRow(_M + "mlp.linear_fc1.weight", (_H + "mlp.gate_proj.weight", _H + "mlp.up_proj.weight"),
-              ("gate+up", "hidden"), tp="column", split="gated"),
-    TensorRow(_M + "mlp.linear_fc2.weight", (_H + "mlp.down_proj.weight",), ("hidden", "ffn"), tp="row"),
-    TensorRow(_M + "pre_mlp_layernorm.weight", (_H + "post_attention_layernorm.weight",), ("hidden",), only="dense"),
-    TensorRow(_M + "mlp.norm.weight", (_H + "mlp.norm.weight",), ("hidden",), only="vffn"),
-    TensorRow(_M + "mlp.router.weight", (_H + "mlp.router.weight",), ("experts", "hidden"), only="vffn"),
-    TensorRow(_M + "mlp.depth_router.weight", (_H + "mlp.depth_router.weight",), ("depth", "hidden"), only="vffn"),
+              ("gate+up", "hidden"), tp="column", split="gated", only=("dense", "vffn", "kloop")),
+    TensorRow(_M + "mlp.linear_fc2.weight", (_H + "mlp.down_proj.weight",), ("hidden", "ffn"), tp="row",
+              only=("dense", "vffn", "kloop")),
+    TensorRow(_M + "pre_mlp_layernorm.weight", (_H + "post_attention_layernorm.weight",), ("hidden",),
+              only=("dense", "moe")),
+    TensorRow(_M + "mlp.norm.weight", (_H + "mlp.norm.weight",), ("hidden",), only=("vffn", "kloop")),
+    TensorRow(_M + "mlp.router.weight", (_H + "mlp.router.weight",), ("experts", "hidden"), only=("vffn", "moe")),
+    TensorRow(_M + "mlp.depth_router.weight", (_H + "mlp.depth_router.weight",), ("depth", "hidden"), only=("vffn",)),
+    # megatron's MoELayer (local spec: SequentialMLP experts, SharedExpertMLP); no HF counterpart
+    TensorRow(_M + "mlp.shared_experts.linear_fc1.weight", (), ("gate+up", "hidden"), tp="column", split="gated",
+              only=("moe_shared",)),
+    TensorRow(_M + "mlp.shared_experts.linear_fc2.weight", (), ("hidden", "ffn"), tp="row", only=("moe_shared",)),
+    TensorRow(_M + "mlp.experts.local_experts.{e}.linear_fc1.weight", (), ("expert_gate+up", "hidden"),
+              tp="column", split="gated", only=("moe",)),
+    TensorRow(_M + "mlp.experts.local_experts.{e}.linear_fc2.weight", (), ("hidden", "expert_ffn"), tp="row",
+              only=("moe",)),
 )
-# Upcycling (dense -> VersatileFFN): the dense post-attention norm becomes the block's own norm; the other
-# VersatileFFN-only tensors (the routers) have no dense source and keep the target model's initialisation.
-UPCYCLED = {_M + "pre_mlp_layernorm.weight": _M + "mlp.norm.weight"}
+# Upcycling a dense model into each architecture: where a dense tensor goes when its name changes (the others keep
+# theirs). VersatileFFN and k-loop: the post-attention norm becomes the block's own norm (re-applied every loop);
+# MoE: the dense FFN becomes the shared expert (pre_mlp_layernorm stays). Target tensors no dense tensor maps to
+# keep the target model's fresh initialisation (routers; MoE routed experts unless sliced: EXPERT_SLICES).
+_FC1, _FC2 = _M + "mlp.linear_fc1.weight", _M + "mlp.linear_fc2.weight"
+UPCYCLE_RENAMES: Dict[str, Dict[str, str]] = {
+    "dense": {},
+    "vffn": {_M + "pre_mlp_layernorm.weight": _M + "mlp.norm.weight"},
+    "kloop": {_M + "pre_mlp_layernorm.weight": _M + "mlp.norm.weight"},
+    "moe": {_FC1: _M + "mlp.shared_experts.linear_fc1.weight", _FC2: _M + "mlp.shared_experts.linear_fc2.weight"},
+}
+UPCYCLED = UPCYCLE_RENAMES["vffn"]  # dense -> VersatileFFN
+# MoE upcycle_experts=slices: routed expert e = hidden units [e*Fe, (e+1)*Fe) of the dense FFN (of its gate and up
+# rows, of its down projection's columns), the way VersatileFFN's sub-experts are slices of its shared FFN.
+EXPERT_SLICES = {_FC1: _M + "mlp.experts.local_experts.{e}.linear_fc1.weight",
+                 _FC2: _M + "mlp.experts.local_experts.{e}.linear_fc2.weight"}
+
+
+def ffn_kind(block: FFNBlock) -> str:
+    """model.arch of an FFN block config: dense (None), vffn, kloop or moe."""
+    if block is None:
+        return "dense"
+    for kind, cls in (("vffn", VersatileFFNConfig), ("kloop", KLoopConfig), ("moe", MoEConfig)):
+        if isinstance(block, cls):
+            return kind
+    raise TypeError(f"no tensor table for an FFN block of type {type(block).__name__}")
 
 
 def query_groups(m: GPTConfig) -> int:
@@ -90,31 +132,53 @@ def _vocab(m: GPTConfig) -> int:
     return int(m.vocab_size)
 
 
-def _sizes(m: GPTConfig, v: Optional[VersatileFFNConfig]) -> Dict[str, int]:
+def _sizes(m: GPTConfig, v: FFNBlock) -> Dict[str, int]:
     hd = head_dim(m)
     sizes = {"vocab": _vocab(m), "hidden": m.hidden_size, "attn": m.num_attention_heads * hd,
              "qkv": (m.num_attention_heads + 2 * query_groups(m)) * hd, "ffn": m.ffn_hidden_size,
              "gate+up": 2 * m.ffn_hidden_size}
-    if v is not None:
+    if isinstance(v, VersatileFFNConfig):
         sizes.update(experts=v.num_experts, depth=v.max_depth)
+    elif isinstance(v, MoEConfig):
+        fe = v.expert_hidden(m.ffn_hidden_size)
+        sizes.update(experts=v.num_experts, expert_ffn=fe, **{"expert_gate+up": 2 * fe})
     return sizes
 
 
-def _present(t: TensorRow, m: GPTConfig, v: Optional[VersatileFFNConfig]) -> bool:
-    return {None: True, "untied": m.untie_embeddings_and_output_weights, "dense": v is None,
-            "vffn": v is not None}[t.only]
+def _tags(m: GPTConfig, v: FFNBlock) -> set:
+    tags = {ffn_kind(v)}
+    if m.untie_embeddings_and_output_weights:
+        tags.add("untied")
+    if isinstance(v, MoEConfig) and v.shared_expert:
+        tags.add("moe_shared")
+    return tags
 
 
 def _at(template: str, i: Optional[int]) -> str:
     return template if i is None else template.format(i=i)
 
 
-def _expand(m: GPTConfig, v: Optional[VersatileFFNConfig]) -> Iterator[Tuple[TensorRow, Optional[int]]]:
-    """(row, layer index or None) of every tensor of the architecture: the global ones, then layer by layer."""
-    rows = [t for t in TENSORS if _present(t, m, v)]
+def _expand(m: GPTConfig, v: FFNBlock) -> Iterator[Tuple[TensorRow, Optional[int]]]:
+    """(row, layer index or None) of every tensor of the architecture: the global ones, then layer by layer (a
+    routed-expert row once per expert, its ``{e}`` filled in)."""
+    tags = _tags(m, v)
+    rows = []
+    for t in TENSORS:
+        if t.only is None or tags.intersection(t.only):
+            experts = range(v.num_experts) if "{e}" in t.megatron else [None]
+            rows += [t if e is None else dataclasses.replace(t, megatron=t.megatron.replace("{e}", str(e)))
+                     for e in experts]
     yield from ((t, None) for t in rows if "{i}" not in t.megatron)
     for i in range(m.num_layers):
         yield from ((t, i) for t in rows if "{i}" in t.megatron)
+
+
+def _hf_block(v: FFNBlock) -> Optional[VersatileFFNConfig]:
+    """``v`` for the HF side, which has dense and VersatileFFN models only."""
+    if ffn_kind(v) not in ("dense", "vffn"):
+        raise ConversionError(f"a {ffn_kind(v)} model has no Hugging Face counterpart here (only dense and "
+                              f"VersatileFFN models convert)")
+    return v
 
 
 def _to_hf(t: TensorRow, w: torch.Tensor, m: GPTConfig) -> List[torch.Tensor]:
@@ -141,16 +205,21 @@ def _to_megatron(t: TensorRow, parts: List[torch.Tensor], m: GPTConfig) -> torch
     return parts[0]
 
 
-def megatron_shapes(m: GPTConfig, v: Optional[VersatileFFNConfig] = None) -> Dict[str, tuple]:
-    """Name -> shape of every tensor of the full (TP=1) megatron model."""
+def megatron_shapes(m: GPTConfig, v: FFNBlock = None) -> Dict[str, tuple]:
+    """Name -> shape of every tensor of the full (TP=1) megatron model (any FFN kind)."""
     sizes = _sizes(m, v)
     return {_at(t.megatron, i): tuple(sizes[s] for s in t.shape) for t, i in _expand(m, v)}
+
+
+def parameter_count(m: GPTConfig, v: FFNBlock = None) -> int:
+    """Parameters of the megatron model (embeddings included), from the table: nothing is allocated."""
+    return sum(math.prod(shape) for shape in megatron_shapes(m, v).values())
 
 
 def hf_shapes(m: GPTConfig, v: Optional[VersatileFFNConfig] = None) -> Dict[str, tuple]:
     """Name -> shape of every tensor of the HF model (``lm_head.weight`` included when tied): the megatron
     shapes carried through the conversion itself, on meta tensors."""
-    meta = {k: torch.empty(s, device="meta") for k, s in megatron_shapes(m, v).items()}
+    meta = {k: torch.empty(s, device="meta") for k, s in megatron_shapes(m, _hf_block(v)).items()}
     return {k: tuple(x.shape) for k, x in _megatron_to_hf(meta, m, v).items()}
 
 
@@ -208,8 +277,10 @@ def from_hf_config(cfg) -> Tuple[GPTConfig, Optional[VersatileFFNConfig]]:
 
 # ----------------------------------------------------------------------------------------- tensor parallelism
 def _name_pattern(rows) -> "re.Pattern":
-    """The names of these rows (layer ones by their part after the layer prefix) at the end of a key."""
-    return re.compile("(" + "|".join(re.escape(t.megatron.split("{i}.")[-1]) for t in rows) + ")$")
+    """The names of these rows (layer ones by their part after the layer prefix; any expert index) at the end of
+    a key."""
+    names = (re.escape(t.megatron.split("{i}.")[-1]).replace(re.escape("{e}"), r"\d+") for t in rows)
+    return re.compile(r"(?:^|\.)(" + "|".join(names) + ")$")
 
 
 _COLUMN = _name_pattern([t for t in TENSORS if t.tp == "column"])
@@ -303,6 +374,8 @@ def _check(sd: StateDict, expected: Dict[str, tuple], what: str) -> None:
         hint = ""
         if any(".mlp.router." in k for k in unexpected) or any(".mlp.router." in k for k in missing):
             hint = " (VersatileFFN vs dense: check model.arch / the vffn section of the config)"
+        elif any(".mlp." in k for k in unexpected + missing):
+            hint = " (another FFN kind: check model.arch and its section of the config)"
         raise ConversionError(f"{what} does not match the architecture{hint}: " + " | ".join(lines))
 
 
@@ -317,6 +390,7 @@ def _megatron_to_hf(sd: StateDict, m: GPTConfig, v: Optional[VersatileFFNConfig]
 
 def megatron_to_hf(sd: StateDict, m: GPTConfig, v: Optional[VersatileFFNConfig] = None) -> StateDict:
     """Full (TP-merged) megatron GPTModel state dict -> HF ``LlamaForCausalLM`` / ``VersatileFFNLlamaForCausalLM``."""
+    _hf_block(v)
     sd = _drop_extra_state(sd)
     _check(sd, megatron_shapes(m, v), "megatron state dict")
     return {k: x.contiguous() for k, x in _megatron_to_hf(sd, m, v).items()}
@@ -327,8 +401,8 @@ def hf_to_megatron(sd: StateDict, m: GPTConfig, v: Optional[VersatileFFNConfig] 
     """HF state dict (architecture ``m`` / ``v``) -> full megatron state dict.
 
     ``target_vffn`` (upcycling): convert a *dense* HF model into a VersatileFFN megatron model with these block
-    hyper-parameters (see :data:`UPCYCLED`); the routers are not in the result (the caller keeps the target
-    model's fresh initialisation: :func:`router_keys`).
+    hyper-parameters (:func:`vffn_hf.upcycle.upcycle_dense`); the routers are not in the result (the caller keeps
+    the target model's fresh initialisation: :func:`router_keys`).
     """
     sd = {k: x for k, x in sd.items() if not k.endswith("rotary_emb.inv_freq")}
     expected = hf_shapes(m, v)
@@ -340,14 +414,19 @@ def hf_to_megatron(sd: StateDict, m: GPTConfig, v: Optional[VersatileFFNConfig] 
         raise ConversionError("upcycling takes a dense model, but this HF model is already a VersatileFFN model")
     out: StateDict = {}
     for t, i in _expand(m, v):
-        name = UPCYCLED.get(t.megatron, t.megatron) if target_vffn is not None else t.megatron
-        out[_at(name, i)] = _to_megatron(t, [sd[_at(h, i)] for h in t.hf], m)
-    return {k: x.contiguous() for k, x in out.items()}
+        out[_at(t.megatron, i)] = _to_megatron(t, [sd[_at(h, i)] for h in t.hf], m)
+    out = {k: x.contiguous() for k, x in out.items()}
+    if target_vffn is not None:
+        from .upcycle import upcycle_dense
+
+        out = upcycle_dense(out, m, target_vffn).state_dict
+    return out
 
 
 def router_keys(num_layers: int) -> List[str]:
     """The megatron keys an upcycled model takes from its fresh initialisation (not from the dense model)."""
-    fresh = [t.megatron for t in TENSORS if t.only == "vffn" and t.megatron not in UPCYCLED.values()]
+    fresh = [t.megatron for t in TENSORS if t.only and "vffn" in t.only and "dense" not in t.only
+             and t.megatron not in UPCYCLED.values()]
     return [name.format(i=i) for i in range(num_layers) for name in fresh]
 
 

@@ -28,7 +28,7 @@ import torch
 import yaml
 
 from pretrain.checkpoint import LATEST, read_latest, step_of, tag_for, verify_step
-from vffn_megatron.config import VersatileFFNConfig
+from vffn_megatron.config import KLoopConfig, MoEConfig, VersatileFFNConfig
 from vffn_megatron.model import GPTConfig
 
 from .convert import ConversionError, StateDict, merge_tp_shards
@@ -78,8 +78,9 @@ def resolve_step_dir(path: Union[str, os.PathLike], step: Optional[int] = None) 
     raise CheckpointError(f"{p} holds no trainer checkpoint (no '{LATEST}' file and no step_XXXXXXXX directories)")
 
 
-def read_run_config(step_dir: Path) -> dict:
-    """The resolved run config saved with the checkpoint (config.yaml)."""
+def read_run_config(step_dir: Path, archs: tuple = SUPPORTED_ARCHS) -> dict:
+    """The resolved run config saved with the checkpoint (config.yaml); its model.arch must be one of ``archs``
+    (default: those with an HF counterpart)."""
     f = step_dir / "config.yaml"
     if not f.is_file():
         raise CheckpointError(f"{step_dir} has no config.yaml: not written by this project's trainer (or the save "
@@ -89,12 +90,22 @@ def read_run_config(step_dir: Path) -> dict:
     if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
         raise CheckpointError(f"{f} has no 'model' section")
     arch = cfg["model"].get("arch", "vffn")
-    if arch not in SUPPORTED_ARCHS:
-        raise CheckpointError(f"model.arch {arch!r} cannot be exported to Hugging Face: supported are "
-                              f"{', '.join(SUPPORTED_ARCHS)} (the baselines' FFNs have no HF counterpart here)")
-    if arch == "vffn" and not isinstance(cfg.get("vffn"), dict):
-        raise CheckpointError(f"{f}: model.arch is vffn but the vffn section is missing")
+    if arch not in archs:
+        if archs == SUPPORTED_ARCHS:
+            raise CheckpointError(f"model.arch {arch!r} cannot be exported to Hugging Face: supported are "
+                                  f"{', '.join(SUPPORTED_ARCHS)} (the baselines' FFNs have no HF counterpart here)")
+        raise CheckpointError(f"{f}: model.arch {arch!r} is not one of {', '.join(archs)}")
+    if arch != "dense" and not isinstance(cfg.get(arch), dict):
+        raise CheckpointError(f"{f}: model.arch is {arch} but the {arch} section is missing")
     return cfg
+
+
+def ffn_block(cfg: dict):
+    """The FFN block config a checkpoint's run config describes: None (dense), VersatileFFNConfig, KLoopConfig or
+    MoEConfig (the fields that config class knows)."""
+    arch = cfg["model"].get("arch", "vffn")
+    cls = {"dense": None, "vffn": VersatileFFNConfig, "kloop": KLoopConfig, "moe": MoEConfig}[arch]
+    return None if cls is None else _known_fields(cls, cfg[arch])
 
 
 def tp_ranks(step_dir: Path) -> list:
@@ -158,15 +169,16 @@ def _known_fields(cls, values: dict):
 
 
 def load_checkpoint(path: Union[str, os.PathLike], step: Optional[int] = None,
-                    verify: str = "full") -> TrainerCheckpoint:
+                    verify: str = "full", archs: tuple = SUPPORTED_ARCHS) -> TrainerCheckpoint:
     """The architecture and full fp32 megatron state dict of a trainer checkpoint, checked against its manifest
-    first (``verify``: full = sizes and crc32, size = sizes only; :func:`pretrain.checkpoint.verify_step`)."""
+    first (``verify``: full = sizes and crc32, size = sizes only; :func:`pretrain.checkpoint.verify_step`).
+    ``archs``: the model.arch values accepted (``vffn`` is None for all but VersatileFFN: see :func:`ffn_block`)."""
     step_dir = resolve_step_dir(path, step)
     verdict = verify_step(str(step_dir), verify)
     if not verdict.ok:
         raise CheckpointError(f"checkpoint {step_dir} is damaged: {verdict.problem}. Export an older step "
                               f"(--step N; available: {_steps(step_dir.parent)}) or restore it from a backup")
-    cfg = read_run_config(step_dir)
+    cfg = read_run_config(step_dir, archs)
     stage = _zero_stage(step_dir, cfg)
     ranks = tp_ranks(step_dir)
     configured_tp = (cfg.get("parallel") or {}).get("tensor_model_parallel_size", len(ranks))

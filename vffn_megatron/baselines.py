@@ -2,8 +2,10 @@
 
 * dense: megatron-core's own ``MLP`` (``specs.get_dense_layer_spec``);
 * k-loop: depth-only recursion, the shared FFN applied k times with no gate (``KLoopFFN``);
-* MoE: megatron-core's own ``MoELayer`` with N experts of the dense FFN's size, top-k routing — N times the
-  FFN parameters, so it is the "more parameters" reference point.
+* MoE: megatron-core's own ``MoELayer``, by default the paper's: a shared expert of the dense FFN's size (always
+  applied, its output added with no gate) plus N routed experts of hidden F/N, top-k (+53% parameters and 1.25x
+  the FFN FLOPs at the paper's 354M shape); ``MoEConfig(shared_expert=False, expert_ffn_hidden_size=F)`` is the
+  Switch-style variant with full-size experts and no shared expert.
 """
 from __future__ import annotations
 
@@ -59,17 +61,24 @@ def get_kloop_layer_spec(kloop: KLoopConfig) -> ModuleSpec:
 
 
 def get_moe_layer_spec(moe: MoEConfig) -> ModuleSpec:
+    """megatron's local GPT layer spec with its MoE submodules (SequentialMLP experts, SharedExpertMLP; the shared
+    expert is built only when the TransformerConfig sets moe_shared_expert_intermediate_size)."""
     return get_gpt_layer_local_spec(num_experts=moe.num_experts, normalization="RMSNorm")
 
 
 def configure_moe(tcfg, moe: MoEConfig):
-    """Set megatron's MoE fields on a TransformerConfig: experts of the dense FFN's size, aux-loss routing."""
+    """Set megatron's MoE fields on a TransformerConfig (validated by ``MoEConfig.validate`` first)."""
     from . import cpu_compat
 
+    moe.validate(tcfg.tensor_model_parallel_size, tcfg.ffn_hidden_size)
     cpu_compat.apply_te_absent_fixes()
     tcfg.num_moe_experts = moe.num_experts
     tcfg.moe_router_topk = moe.top_k
-    tcfg.moe_ffn_hidden_size = tcfg.ffn_hidden_size
+    # top-1: softmax over all experts before choosing (else the gate is 1 and the router gets no gradient)
+    tcfg.moe_router_pre_softmax = moe.top_k == 1
+    tcfg.moe_ffn_hidden_size = moe.expert_hidden(tcfg.ffn_hidden_size)
+    tcfg.moe_shared_expert_intermediate_size = tcfg.ffn_hidden_size if moe.shared_expert else None
+    tcfg.moe_shared_expert_gate = False  # the paper's shared expert: output added as it is
     # alltoall allocates a torch.cuda.Stream at construction in 0.16.1; allgather is device-agnostic.
     tcfg.moe_token_dispatcher_type = "alltoall" if use_cuda() else "allgather"
     tcfg.moe_router_load_balancing_type = "aux_loss" if moe.aux_loss_coeff > 0 else "none"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 
 class VFFNConfigError(ValueError):
@@ -88,19 +89,63 @@ class KLoopConfig:
 
 @dataclass
 class MoEConfig:
+    """megatron-core's MoELayer baseline. The defaults are the paper's MoE: the dense FFN kept as a shared expert
+    (``shared_expert``) plus ``num_experts`` fine-grained routed experts of hidden F/num_experts, top-2, aux 1e-5.
+
+    ``shared_expert: false`` + ``expert_ffn_hidden_size: <F>`` is the "Switch-style full-size experts" variant
+    (no shared expert; every routed expert the dense FFN's size). With ``top_k: 1`` the router applies its
+    softmax before choosing (Switch's top-1: the gate is the chosen expert's probability over all experts);
+    a softmax over the single chosen logit would be 1 and give the router no gradient.
+    """
+
     num_experts: int = 8
     top_k: int = 2
-    aux_loss_coeff: float = 1e-2
+    aux_loss_coeff: float = 1e-5
+    shared_expert: bool = True  # megatron's shared expert of the dense FFN's size (moe_shared_expert_intermediate_size)
+    expert_ffn_hidden_size: Optional[int] = None  # routed experts' hidden size; None = ffn_hidden_size / num_experts
 
-    def validate(self, tensor_parallel_size: int = 1) -> None:
-        if not (isinstance(self.num_experts, int) and self.num_experts >= 1):
-            raise VFFNConfigError(f"invalid MoE config: moe.num_experts must be an integer >= 1, got {self.num_experts!r}")
-        if not (isinstance(self.top_k, int) and 1 <= self.top_k <= self.num_experts):
-            raise VFFNConfigError(f"invalid MoE config: moe.top_k must satisfy 1 <= top_k <= num_experts "
-                                  f"({self.num_experts}), got {self.top_k!r}")
-        if self.aux_loss_coeff < 0:
-            raise VFFNConfigError(f"invalid MoE config: moe.aux_loss_coeff must be >= 0, got {self.aux_loss_coeff}")
+    def expert_hidden(self, ffn_hidden_size: int) -> int:
+        """The routed experts' hidden size for a model of FFN hidden size ``ffn_hidden_size``."""
+        if self.expert_ffn_hidden_size is not None:
+            return self.expert_ffn_hidden_size
+        return ffn_hidden_size // self.num_experts
 
+    def validate(self, tensor_parallel_size: int = 1, ffn_hidden_size: Optional[int] = None) -> None:
+        """Raise VFFNConfigError naming the field and the fix (before megatron's TransformerConfig sees it)."""
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise VFFNConfigError(f"invalid MoE config: {msg}")
+
+        def is_int(v) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        need(is_int(self.num_experts) and self.num_experts >= 1,
+             f"moe.num_experts must be an integer >= 1, got {self.num_experts!r}")
+        need(is_int(self.top_k) and 1 <= self.top_k <= self.num_experts,
+             f"moe.top_k must satisfy 1 <= top_k <= num_experts ({self.num_experts}), got {self.top_k!r}")
+        need(isinstance(self.aux_loss_coeff, (int, float)) and not isinstance(self.aux_loss_coeff, bool)
+             and math.isfinite(self.aux_loss_coeff) and self.aux_loss_coeff >= 0,
+             f"moe.aux_loss_coeff must be >= 0 and finite, got {self.aux_loss_coeff}")
+        need(isinstance(self.shared_expert, bool), f"moe.shared_expert must be true or false, got {self.shared_expert!r}")
+        fe = self.expert_ffn_hidden_size
+        need(fe is None or (is_int(fe) and fe >= 1),
+             f"moe.expert_ffn_hidden_size must be a positive integer or null (= ffn_hidden_size / num_experts), "
+             f"got {fe!r}")
+        if ffn_hidden_size is None:
+            return
+        need(fe is not None or ffn_hidden_size % self.num_experts == 0,
+             f"ffn_hidden_size ({ffn_hidden_size}) must be divisible by moe.num_experts ({self.num_experts}) for "
+             f"experts of hidden ffn_hidden_size / num_experts; choose another num_experts or set "
+             f"moe.expert_ffn_hidden_size explicitly")
+        hidden = self.expert_hidden(ffn_hidden_size)
+        need(hidden % tensor_parallel_size == 0,
+             f"the routed experts' hidden size ({hidden}) must be divisible by the tensor-parallel size "
+             f"({tensor_parallel_size}): megatron shards every expert's FFN over the TP ranks. Choose "
+             f"moe.expert_ffn_hidden_size / moe.num_experts accordingly or a smaller tensor_model_parallel_size")
+
+
+# moe.upcycle_experts: how an MoE's routed experts start when a dense checkpoint is upcycled (vffn_hf/upcycle.py)
+UPCYCLE_EXPERTS = ("slices", "fresh")
 
 # model.attention_backend: sdpa = torch's scaled_dot_product_attention (vffn_megatron.attention.SDPAttention),
 # local = megatron-core's DotProductAttention

@@ -7,7 +7,9 @@ hidden size d, FFN hidden size F (SwiGLU: gate, up, down):
 
 * dense FFN: 3·d·F;
 * k-loop: k·3·d·F (the shared FFN applied k times);
-* MoE: top_k·3·d·F + d·N (the router);
+* MoE: 3·d·F (the shared expert, when there is one) + top_k·3·d·Fe (the chosen routed experts of hidden Fe) +
+  d·N (the router): relative to the dense FFN 1 + top_k·Fe/F + N/(3F), i.e. 1.25 (+ the router) for the paper's
+  MoE (N = 8 experts of Fe = F/8, top-2); the Switch-style variant (no shared expert, Fe = F) is top_k + N/(3F);
 * VersatileFFN, training forward: D·3·d·F + d·F·k/N + d·(N+D): every token runs all D loops (the
   straight-through depth mix needs every x_i as a value), the width path an fc2 over its k of N sub-experts
   (its fc1 work is the first loop's hidden activations) and the two routers. The backward (2x) runs only
@@ -31,7 +33,8 @@ FFNBlock = Union[None, KLoopConfig, MoEConfig, VersatileFFNConfig]  # None: the 
 TRAIN_FLOPS_FORMULA = (
     "Training FLOPs per token = 6 x (weights applied per token) + 6 x layers x seq x hidden (attention "
     "scores and values), weights applied per token = layers x (4 h² attention + FFN part) + h x vocab "
-    "(output layer); FFN part: dense 3·h·F, k-loop k·3·h·F, MoE top_k·3·h·F + h·N (router), VersatileFFN "
+    "(output layer); FFN part: dense 3·h·F, k-loop k·3·h·F, MoE 3·h·F (shared expert) + top_k·3·h·Fe (routed "
+    "experts of hidden Fe = F/N) + h·N (router), VersatileFFN "
     "D·3·h·F + h·F·k/N (width fc2) + h·(N+D) (routers) — training runs all D loops for every token "
     "(straight-through depth mix); at inference a token runs only its chosen loops.")
 
@@ -57,7 +60,8 @@ def ffn_macs_per_token(d: int, F: int, block: FFNBlock = None, *, mean_loops: Op
     if isinstance(block, KLoopConfig):
         return block.loops * dense
     if isinstance(block, MoEConfig):
-        return block.top_k * dense + d * block.num_experts
+        shared = dense if block.shared_expert else 0
+        return shared + block.top_k * dense_ffn_macs(d, block.expert_hidden(F)) + d * block.num_experts
     if isinstance(block, VersatileFFNConfig):
         N, k, D = block.num_experts, block.top_k, block.max_depth
         if inference and (mean_loops is None or wide_share is None):

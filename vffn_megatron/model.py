@@ -100,7 +100,6 @@ def build_gpt_model(cfg: GPTConfig, vffn: Optional[VersatileFFNConfig] = None, t
         kloop.validate()
         spec = get_kloop_layer_spec(kloop)
     elif moe is not None:
-        moe.validate(tensor_parallel_size)
         tcfg = configure_moe(tcfg, moe)
         spec = get_moe_layer_spec(moe)
     else:
