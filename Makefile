@@ -7,7 +7,7 @@ STAMP := $(VENV)/.vffn-installed
 # No device settings here: the entry points (python -m pretrain..., tools/, tests/conftest.py) choose CUDA or
 # CPU and DeepSpeed's accelerator themselves, in vffn_megatron/device.py.
 
-.PHONY: setup quickstart test test-slow clean
+.PHONY: setup quickstart test test-slow test-network clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -m slow tests
+
+# Two hosts in network namespaces (root; skipped otherwise), losing one; also part of test-slow.
+test-network: setup
+	$(PY) -m pytest tests/test_network_two_hosts.py tests/test_pretrain_peers.py
 
 clean:
 	rm -rf runs/quickstart

@@ -28,6 +28,8 @@
 #   0      finished, or stopped by SIGTERM / SIGINT after saving a checkpoint
 #   2      bad configuration, data or tokenizer (nothing trained; the message says what to fix)
 #   3      non-finite loss (the message names the step)
+#   5      lost contact with another host (killed, or its link dropped: the message names the rank and host
+#          and the last complete checkpoint; start the job again on every host to resume)
 #   other  failure (a worker crashed or was killed; then torchrun's own exit status is passed on)
 set -euo pipefail
 

@@ -7,7 +7,9 @@ global rank 0's output_dir lock verdict (pretrain/run_lock.py), before the data,
 
 Exit codes: 0 done (or stopped by SIGTERM / SIGINT after saving), 2 bad configuration (or output_dir in use
 by another run: pretrain/run_lock.py), 3 non-finite loss (also max_consecutive_skips skipped steps in a row),
-4 a checkpoint could not be saved (full disk, ...: the partial save is removed, ``latest`` left alone).
+4 a checkpoint could not be saved (full disk, ...: the partial save is removed, ``latest`` left alone),
+5 lost contact with another rank (a host died or its link dropped: pretrain/peers.py names it; restart every
+host to resume from the last complete checkpoint).
 With ``VFFN_EXIT_STATUS_DIR`` set (launch/torchrun.sh sets it), each rank also writes its exit code to
 ``<dir>/rank_<RANK>.exit``: torchrun itself reports 1 whenever it was signalled, so the launcher reads the
 workers' own codes from there.
@@ -18,7 +20,8 @@ import argparse
 import os
 import sys
 
-EXIT_CONFIG, EXIT_NONFINITE, EXIT_SAVE = 2, 3, 4
+from .exit_status import EXIT_CONFIG, EXIT_NONFINITE, EXIT_SAVE
+from .exit_status import write as _write_exit_status
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,20 +73,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         _write_exit_status(code)
     return code
-
-
-def _write_exit_status(code: int) -> None:
-    """The launcher's view of this rank's outcome (see module docstring)."""
-    folder = os.environ.get("VFFN_EXIT_STATUS_DIR")
-    if not folder:
-        return
-    try:
-        path = os.path.join(folder, f"rank_{os.environ.get('RANK', '0')}.exit")
-        with open(path + ".tmp", "w") as f:
-            f.write(f"{code}\n")
-        os.replace(path + ".tmp", path)
-    except OSError:
-        pass  # a status file is advisory: never turn a finished run into a failure
 
 
 def _main(argv: list[str] | None = None) -> int:

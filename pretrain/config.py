@@ -76,6 +76,11 @@ class ParallelConfig:
     tensor_model_parallel_size: int = 1
     zero_stage: int = 1  # DeepSpeed ZeRO stage 0-3 over the data-parallel group
     timeout_minutes: int = 30  # process-group timeout (collectives that hang fail after this)
+    # Lost hosts (pretrain/peers.py): every rank bumps a counter in the job's TCP store this often; a rank
+    # silent for heartbeat_timeout_seconds (or a store unreachable that long) ends the job on every host
+    # with exit code 5, naming the lost rank and host. 0 disables it (a dropped link then waits out timeout_minutes).
+    heartbeat_interval_seconds: float = 5.0
+    heartbeat_timeout_seconds: float = 60.0
 
 
 @dataclass
@@ -460,6 +465,7 @@ def validate(cfg: RunConfig, world_size: Optional[int] = None) -> None:
     _need(tp >= 1, f"parallel.tensor_model_parallel_size must be >= 1, got {tp}")
     _need(cfg.parallel.zero_stage in (0, 1, 2, 3), f"parallel.zero_stage must be 0, 1, 2 or 3, got {cfg.parallel.zero_stage}")
     _need(cfg.parallel.timeout_minutes >= 1, "parallel.timeout_minutes must be >= 1")
+    validate_heartbeat(cfg.parallel)
     m = cfg.model
     _need(m.make_vocab_size_divisible_by >= 1, "model.make_vocab_size_divisible_by must be >= 1")
     # megatron/VersatileFFN architecture checks (heads, query groups, ffn size vs TP; RoPE head dim)
@@ -529,6 +535,19 @@ def validate(cfg: RunConfig, world_size: Optional[int] = None) -> None:
     _need(d.num_workers >= 0, "data.num_workers must be >= 0")
     if world_size is not None:
         validate_layout(cfg, world_size)
+
+
+def validate_heartbeat(p: ParallelConfig) -> None:
+    every, deadline = p.heartbeat_interval_seconds, p.heartbeat_timeout_seconds
+    _need(math.isfinite(every) and every > 0,
+          f"parallel.heartbeat_interval_seconds must be a number > 0, got {every!r}")
+    _need(math.isfinite(deadline) and (deadline == 0 or deadline >= 2 * every),
+          f"parallel.heartbeat_timeout_seconds must be 0 (no heartbeat) or at least twice "
+          f"parallel.heartbeat_interval_seconds ({every}): a rank is declared lost after that long without a "
+          f"heartbeat, so a shorter one would end healthy runs; got {deadline!r}")
+    _need(deadline <= p.timeout_minutes * 60,
+          f"parallel.heartbeat_timeout_seconds ({deadline}) is longer than parallel.timeout_minutes "
+          f"({p.timeout_minutes} min): the process-group timeout would fire first; lower the first or raise the second")
 
 
 def validate_layout(cfg: RunConfig, world_size: int) -> None:

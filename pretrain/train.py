@@ -19,6 +19,7 @@ from .data import build_datasets, data_signature, loader, to_device
 from .engine import build_engine
 from .arch_hooks import ArchHooks, hooks_for
 from .metrics import Metrics, StepRecord
+from .peers import PeerWatch
 
 
 class NonFiniteLossError(RuntimeError):
@@ -197,6 +198,7 @@ def train(cfg: RunConfig, tokenizer, vocab_size: int, resume: Optional[ckpt.Resu
     from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler, clear_aux_losses_tracker
 
     world = setup_parallel(cfg)
+    peers = PeerWatch.start(cfg)  # a lost host ends this rank in bounded time, naming it (pretrain/peers.py)
     rank = dist.get_rank()
     dp_rank, dp_size, dp_group = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size(), ps.get_data_parallel_group()
     gas = cfg.grad_accum_steps(world)
@@ -249,6 +251,7 @@ def train(cfg: RunConfig, tokenizer, vocab_size: int, resume: Optional[ckpt.Resu
     try:
         engine.train()
         while step < s.train_steps:
+            peers.step = step
             t0 = time.perf_counter()
             out = train_step(engine, batches, cfg, world, hooks, step, stop is not None and stop.received)
             if out.nonfinite:
@@ -293,7 +296,11 @@ def train(cfg: RunConfig, tokenizer, vocab_size: int, resume: Optional[ckpt.Resu
             if out.stop_requested:
                 result.stopped_by_signal = True
                 break
+    except Exception as e:
+        peers.on_error(e)  # a peer's loss ends the process here, naming it; anything else goes on up
+        raise
     finally:
+        peers.stop()
         if stop:
             stop.uninstall()
         metrics.close()

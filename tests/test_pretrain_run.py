@@ -19,7 +19,7 @@ import pytest
 
 from helpers import REPO
 from helpers.procs import Proc, launch_env, run_ok
-from helpers.workspace import make_workspace, read_losses, run_overrides
+from helpers.workspace import assert_same_losses, make_workspace, read_losses, run_overrides
 from vffn_megatron.device import free_port, torchrun_command
 
 STEPS = 30
@@ -42,15 +42,6 @@ def reference(ws, tmp_path_factory):
     out = tmp_path_factory.mktemp("reference")
     run_ok(torchrun_command(2, _args(ws, out, logging__tensorboard=True)), out / "log.txt", TIMEOUT)
     return out
-
-
-def _assert_same(losses: dict, ref: dict, steps) -> None:
-    """Bit-identical: fp32 on CPU, same layout, the optimizer/LR/data state restored exactly, and the
-    Gumbel noise a pure function of the step (measured: 0.0 difference)."""
-    steps = list(steps)
-    assert steps, "nothing to compare"
-    diff = {s: losses[s] - ref[s] for s in steps if losses[s] != ref[s]}
-    assert not diff, f"loss differences vs the uninterrupted run: {diff}"
 
 
 def _resumed_step(log: str) -> int:
@@ -110,7 +101,7 @@ def test_resume_after_sigkill_matches(ws, reference, tmp_path):
     log = run_ok(torchrun_command(2, cmd), tmp_path / "second.txt", TIMEOUT)
     start = _resumed_step(log)
     assert 6 <= start <= killed_at
-    _assert_same(read_losses(out), read_losses(reference), range(start + 1, STEPS + 1))
+    assert_same_losses(read_losses(out), read_losses(reference), range(start + 1, STEPS + 1))
     # the steps trained again after the resume replace their first records instead of repeating them
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == list(range(1, STEPS + 1))
@@ -133,7 +124,7 @@ def test_resume_after_sigterm_matches(ws, reference, tmp_path, sig):
     assert saved < STEPS and (out / "checkpoints" / "latest").read_text().strip() == f"step_{saved:08d}"
     log = run_ok(torchrun_command(2, cmd), tmp_path / "second.txt", TIMEOUT)
     assert _resumed_step(log) == saved
-    _assert_same(read_losses(out), read_losses(reference), range(saved + 1, STEPS + 1))
+    assert_same_losses(read_losses(out), read_losses(reference), range(saved + 1, STEPS + 1))
 
 
 def test_two_node_launch_matches_single_node(ws, reference, tmp_path):
@@ -152,7 +143,7 @@ def test_two_node_launch_matches_single_node(ws, reference, tmp_path):
     finally:
         for n in nodes:
             n.kill()
-    _assert_same(read_losses(out), read_losses(reference), range(1, STEPS + 1))
+    assert_same_losses(read_losses(out), read_losses(reference), range(1, STEPS + 1))
     assert json.loads((out / "checkpoints" / "step_00000030" / "layout.json").read_text())["data_parallel_size"] == 2
 
 
@@ -162,4 +153,4 @@ def test_deepspeed_launcher_matches_torchrun(ws, reference, tmp_path):
     args = _args(ws, out)[2:]  # launch/deepspeed.sh adds the module
     env = launch_env(NUM_GPUS="2", PYTHON=sys.executable)
     run_ok(["bash", str(REPO / "launch" / "deepspeed.sh"), *args], tmp_path / "log.txt", TIMEOUT, env)
-    _assert_same(read_losses(out), read_losses(reference), range(1, STEPS + 1))
+    assert_same_losses(read_losses(out), read_losses(reference), range(1, STEPS + 1))

@@ -58,3 +58,19 @@ def test_cli_answers_in_the_order_asked():
     out = subprocess.run([sys.executable, "-m", "vffn_megatron.device", "--free-port", "--ds-accelerator"],
                          env=env, capture_output=True, text=True, check=True).stdout.split()
     assert len(out) == 2 and out[0].isdigit() and out[1] == "cpu"
+
+
+def test_gloo_interface_is_the_route_to_the_master():
+    """gloo would bind to the hostname's address, or fall back to loopback when that is not local (Debian's
+    127.0.1.1, a namespace): with MASTER_ADDR another host, the interface on the route to it is chosen."""
+    import psutil
+
+    assert device.gloo_interface({"MASTER_ADDR": "127.0.0.1"}) is None
+    assert device.gloo_interface({"MASTER_ADDR": "localhost"}) is None
+    assert device.gloo_interface({"MASTER_ADDR": "10.1.2.3", "GLOO_SOCKET_IFNAME": "ib0"}) is None  # the user's
+    assert device.gloo_interface({}) is None
+    own = [(name, a.address) for name, addrs in psutil.net_if_addrs().items() for a in addrs
+           if a.family == socket.AF_INET and not a.address.startswith("127.")]
+    for name, address in own:  # this machine's own addresses route through the interface that holds them
+        assert device.route_to(address) == (address, name)
+        assert device.gloo_interface({"MASTER_ADDR": address}) == name

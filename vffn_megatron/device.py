@@ -79,6 +79,40 @@ def torchrun_command(nproc: int, args: Sequence[str], port: int | None = None, n
             f"--master_port={port or free_port()}", *args]
 
 
+def route_to(address: str) -> tuple[str, str | None]:
+    """(this machine's address on the route to ``address``, the interface holding it, or None): what the
+    other hosts of a multi-node job reach this one at. No packet is sent (a UDP connect only picks a route)."""
+    import socket
+
+    import psutil
+
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((address, 9))
+        local = s.getsockname()[0]
+    names = [n for n, addrs in psutil.net_if_addrs().items() if any(a.address == local for a in addrs)]
+    return local, names[0] if names else None
+
+
+def gloo_interface(env: MutableMapping[str, str] | None = None) -> str | None:
+    """The interface gloo should use when ``GLOO_SOCKET_IFNAME`` is unset: the one on the route to
+    ``MASTER_ADDR``, when that is another host. gloo otherwise binds to the address this machine's hostname
+    resolves to, and falls back to loopback when that is not local (Debian's ``127.0.1.1`` entry, a
+    container, a network namespace): the other hosts are then told to connect to 127.0.0.1 and the job never
+    starts ("Gloo connectFullMesh failed ... remote=[127.0.0.1]"). None: nothing to set."""
+    env = os.environ if env is None else env
+    master = env.get("MASTER_ADDR", "")
+    if env.get("GLOO_SOCKET_IFNAME") or not master:
+        return None
+    import ipaddress
+    import socket
+
+    try:
+        address = socket.gethostbyname(master)
+        return None if ipaddress.ip_address(address).is_loopback else route_to(address)[1]
+    except (OSError, ValueError):
+        return None  # unresolvable / unroutable: init_process_group reports it with the address
+
+
 _QUERIES = {  # command-line flag -> (answer, help)
     "--ds-accelerator": (ds_accelerator, "DeepSpeed accelerator: cuda|cpu (DS_ACCELERATOR if set)"),
     "--backend": (backend, "torch.distributed backend: nccl|gloo"),

@@ -13,7 +13,8 @@ import torch
 import torch.distributed as dist
 
 from . import cpu_compat
-from .device import backend, configure_environment, ds_accelerator, free_port, torchrun_command, use_cuda
+from .device import (backend, configure_environment, ds_accelerator, free_port, gloo_interface, torchrun_command,
+                     use_cuda)
 
 __all__ = ["backend", "configure_environment", "destroy", "device", "ds_accelerator", "free_port",
            "init_distributed", "init_megatron", "set_vffn_step", "torchrun_command", "use_cuda", "vffn_modules"]
@@ -47,6 +48,8 @@ def init_distributed(timeout_minutes: int = 30) -> None:
         return
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    elif (ifname := gloo_interface()) is not None:
+        os.environ["GLOO_SOCKET_IFNAME"] = ifname  # the route to MASTER_ADDR, not loopback (see gloo_interface)
     dist.init_process_group(backend=backend(), timeout=timeout)
 
 
