@@ -4,6 +4,8 @@ FLOP ratios."""
 import pytest
 import torch
 
+from helpers import REPO
+
 from vffn_megatron.reference import ffn as ref_ffn
 
 
@@ -77,7 +79,7 @@ def test_moe_tensors_are_the_table_s(megatron_tp1, moe_kw):
     conversion table's (vffn_hf.convert.megatron_shapes); the shared expert is megatron's, with no gate."""
     from megatron.core.transformer.moe.shared_experts import SharedExpertMLP
 
-    from vffn_hf.convert import megatron_shapes, parameter_count
+    from vffn_hf.convert import megatron_shapes
     from vffn_megatron import GPTConfig, MoEConfig, build_gpt_model
 
     cfg = GPTConfig(num_layers=2, hidden_size=64, num_attention_heads=4, ffn_hidden_size=128, seq_length=16,
@@ -85,7 +87,6 @@ def test_moe_tensors_are_the_table_s(megatron_tp1, moe_kw):
     moe = MoEConfig(num_experts=4, **moe_kw)
     model = build_gpt_model(cfg, moe=moe)
     assert {n: tuple(p.shape) for n, p in model.named_parameters()} == megatron_shapes(cfg, moe)
-    assert sum(p.numel() for p in model.parameters()) == parameter_count(cfg, moe)
     shared = model.decoder.layers[0].mlp.shared_experts
     if moe.shared_expert:
         assert isinstance(shared, SharedExpertMLP) and not shared.use_shared_expert_gate
@@ -95,16 +96,17 @@ def test_moe_tensors_are_the_table_s(megatron_tp1, moe_kw):
 
 
 def test_moe_at_the_paper_354m_shape():
-    """+53% parameters (embeddings included) and 1.25x the FFN FLOPs at the paper's 354M shape (15 layers, d 1024,
-    F 4096, vocab 50304 untied), counted from the table (no 0.5B floats allocated; the table equals the built model:
-    test_moe_tensors_are_the_table_s)."""
-    from vffn_hf.convert import parameter_count
-    from vffn_megatron import GPTConfig, MoEConfig
+    """+53% parameters (embeddings included) and 1.25x the FFN FLOPs at the paper's 354M shape (configs/paper_354m.yaml:
+    15 layers, d 1024, F 4096, vocab 50304 untied), counted as `--check` does (pretrain.params: a meta-device build,
+    no 0.5B floats allocated)."""
+    from pretrain.config import load_config
+    from pretrain.params import count_parameters
+    from vffn_megatron import MoEConfig
     from vffn_megatron.flops import ffn_flop_ratio
 
-    cfg = GPTConfig(num_layers=15, hidden_size=1024, num_attention_heads=16, ffn_hidden_size=4096, seq_length=4096,
-                    vocab_size=50304)
-    dense, moe = parameter_count(cfg), parameter_count(cfg, MoEConfig())
+    preset = str(REPO / "configs" / "paper_354m.yaml")
+    dense = count_parameters(load_config(preset, ["model.arch=dense"]), 50304).total
+    moe = count_parameters(load_config(preset, ["model.arch=moe"]), 50304).total
     print(f"[params] 354M shape: dense {dense:,}, paper MoE {moe:,}, ratio {moe / dense:.4f}; "
           f"FFN FLOPs ratio {ffn_flop_ratio(1024, 4096, MoEConfig()):.5f}")
     assert dense == 354_712_576  # the paper's 354.71M

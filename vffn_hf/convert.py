@@ -28,7 +28,6 @@ Layout facts (megatron-core 0.16.1, local layer spec):
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Tuple, Union
@@ -209,11 +208,6 @@ def megatron_shapes(m: GPTConfig, v: FFNBlock = None) -> Dict[str, tuple]:
     """Name -> shape of every tensor of the full (TP=1) megatron model (any FFN kind)."""
     sizes = _sizes(m, v)
     return {_at(t.megatron, i): tuple(sizes[s] for s in t.shape) for t, i in _expand(m, v)}
-
-
-def parameter_count(m: GPTConfig, v: FFNBlock = None) -> int:
-    """Parameters of the megatron model (embeddings included), from the table: nothing is allocated."""
-    return sum(math.prod(shape) for shape in megatron_shapes(m, v).values())
 
 
 def hf_shapes(m: GPTConfig, v: Optional[VersatileFFNConfig] = None) -> Dict[str, tuple]:
