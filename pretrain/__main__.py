@@ -88,6 +88,7 @@ def _main(argv: list[str] | None = None) -> int:
     from .checkpoint import check_layout, check_same_model, resolve_resume
     from .checks import preflight
     from .config import ConfigError, load_config, validate
+    from .engine import check_deepspeed_overrides
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     try:
@@ -96,6 +97,7 @@ def _main(argv: list[str] | None = None) -> int:
             _say(cfg.to_yaml())
             return 0
         validate(cfg, world_size=world)
+        check_deepspeed_overrides(cfg, world)  # DeepSpeed's own config check of parallel.deepspeed_overrides
         if args.print_deepspeed_config:
             import json
 
@@ -131,6 +133,7 @@ def _main(argv: list[str] | None = None) -> int:
         return 0
 
     from .checkpoint import CheckpointSaveError
+    from .elastic import LayoutChangeError
     from .train import NonFiniteLossError, train
 
     try:
@@ -141,6 +144,9 @@ def _main(argv: list[str] | None = None) -> int:
     except CheckpointSaveError as e:
         _say(f"error: {e}", err=True)
         return EXIT_SAVE
+    except LayoutChangeError as e:  # the checkpoint could not be converted for this layout (agreed by every rank)
+        _say(f"error: {e}", err=True)
+        return EXIT_CONFIG
     finally:
         from vffn_megatron.runtime import destroy
 

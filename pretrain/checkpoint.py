@@ -232,6 +232,7 @@ class ResumePoint:
     load_dir: str
     tag: str
     warnings: list = field(default_factory=list)  # what resolve_resume skipped or could not verify
+    universal: bool = False  # a universal conversion for another layout (pretrain/elastic.py), not a step directory
 
     @property
     def path(self) -> str:
@@ -326,22 +327,24 @@ def _resolve_auto(ckpt_dir: str, verify: str) -> Optional[ResumePoint]:
                       "or start over with checkpoint.resume=none (in a new output_dir to keep these files)")
 
 
-def check_layout(point: ResumePoint, cfg: RunConfig, world_size: int) -> None:
-    """A DeepSpeed checkpoint only loads into the same TP / DP / ZeRO layout: say so before starting."""
+def saved_layout(point: ResumePoint) -> Optional[dict]:
+    """The layout.json of a step directory (None for checkpoints older than it)."""
     path = os.path.join(point.path, "layout.json")
     if not os.path.isfile(path):
-        return
+        return None
     saved = _read_json(path)
     if not isinstance(saved, dict):
         raise ConfigError(f"{path} is damaged (not a JSON object)")
-    now = layout(cfg, world_size)
-    diff = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
-    if diff:
-        what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in diff.items())
-        raise ConfigError(
-            f"checkpoint {point.path} was written with a different parallel layout ({what}). Resume with the "
-            f"original layout, or convert it: python -m deepspeed.checkpoint.ds_to_universal --input_folder "
-            f"{point.path} --output_folder <dir> --inject_missing_state (data-parallel size changes only)")
+    return saved
+
+
+def check_layout(point: ResumePoint, cfg: RunConfig, world_size: int) -> Optional[str]:
+    """Before starting: None for the checkpoint's own TP / DP / ZeRO layout (the exact, ordinary load); for another
+    layout the change that the run converts (pretrain/elastic.py); a ConfigError for one it cannot."""
+    from .elastic import layout_change
+
+    saved = saved_layout(point)
+    return None if saved is None else layout_change(saved, layout(cfg, world_size), point.path)
 
 
 def check_same_model(point: ResumePoint, cfg: RunConfig) -> None:
@@ -585,6 +588,9 @@ class Checkpointer:
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint {point.path}")
         client_state = client_state or {}
+        # our "skipped_steps" overwrites DeepSpeed's key of that name when saved, and DeepSpeed's load takes it back
+        # out of the client state into engine.skipped_steps
+        client_state.setdefault("skipped_steps", getattr(engine, "skipped_steps", 0))
         self.last_saved = int(client_state.get("step", 0))
         return client_state
 

@@ -24,7 +24,7 @@ import math
 import os
 import typing
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 import yaml
 
@@ -76,6 +76,9 @@ class ParallelConfig:
     tensor_model_parallel_size: int = 1
     zero_stage: int = 1  # DeepSpeed ZeRO stage 0-3 over the data-parallel group
     timeout_minutes: int = 30  # process-group timeout (collectives that hang fail after this)
+    # extra DeepSpeed config, deep-merged into the generated one (offload, bucket sizes, ...): keys the run config
+    # owns are refused naming the key to use instead (DEEPSPEED_OWNED_KEYS); DeepSpeed validates the rest
+    deepspeed_overrides: Dict[str, Any] = field(default_factory=dict)
     # Lost hosts (pretrain/peers.py): every rank bumps a counter in the job's TCP store this often; a rank
     # silent for heartbeat_timeout_seconds (or a store unreachable that long) ends the job on every host
     # with exit code 5, naming the lost rank and host. 0 disables it (a dropped link then waits out timeout_minutes).
@@ -269,7 +272,7 @@ def _type_name(tp) -> str:
         return " or ".join(_type_name(a) for a in args) + " or null"
     if origin in (list, List):
         return f"list of {_type_name(typing.get_args(tp)[0])}"
-    if dataclasses.is_dataclass(tp):
+    if dataclasses.is_dataclass(tp) or origin in (dict, Dict):
         return "mapping"
     return {int: "integer", float: "number", bool: "true/false", str: "string"}.get(tp, getattr(tp, "__name__", str(tp)))
 
@@ -288,6 +291,10 @@ def _convert(value: Any, tp, key: str) -> Any:
             raise ConfigError(f"{key} must be a {_type_name(tp)}, got {value!r}")
         (inner,) = typing.get_args(tp)
         return [_convert(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict, Dict):  # a free-form mapping (parallel.deepspeed_overrides): its values are not typed here
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{key} must be a mapping with string keys, got {value!r}")
+        return copy.deepcopy(value)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
     if tp is bool:
@@ -356,6 +363,13 @@ def _apply_override(tree: dict, parts: list[str], value: Any, cls=RunConfig) -> 
         # unwrap Optional[...] to find the dataclass of the section
         if typing.get_origin(tp) is typing.Union:
             tp = [a for a in typing.get_args(tp) if a is not type(None)][0]
+        if typing.get_origin(tp) in (dict, Dict):  # inside a free-form mapping: section.mapping.any.keys=value
+            for q in parts[i:-1]:
+                if not isinstance(node.get(q), dict):
+                    node[q] = {}
+                node = node[q]
+            node[parts[-1]] = value
+            return
         if not dataclasses.is_dataclass(tp):
             raise ConfigError(f"override {'.'.join(parts)}: '{'.'.join(path[:-1])}' is not a section")
         types = _field_types(tp)
@@ -465,6 +479,7 @@ def validate(cfg: RunConfig, world_size: Optional[int] = None) -> None:
     _need(tp >= 1, f"parallel.tensor_model_parallel_size must be >= 1, got {tp}")
     _need(cfg.parallel.zero_stage in (0, 1, 2, 3), f"parallel.zero_stage must be 0, 1, 2 or 3, got {cfg.parallel.zero_stage}")
     _need(cfg.parallel.timeout_minutes >= 1, "parallel.timeout_minutes must be >= 1")
+    _check_owned_deepspeed_keys(cfg.parallel.deepspeed_overrides)
     validate_heartbeat(cfg.parallel)
     m = cfg.model
     _need(m.make_vocab_size_divisible_by >= 1, "model.make_vocab_size_divisible_by must be >= 1")
@@ -548,6 +563,31 @@ def validate_heartbeat(p: ParallelConfig) -> None:
     _need(deadline <= p.timeout_minutes * 60,
           f"parallel.heartbeat_timeout_seconds ({deadline}) is longer than parallel.timeout_minutes "
           f"({p.timeout_minutes} min): the process-group timeout would fire first; lower the first or raise the second")
+
+
+# DeepSpeed config keys the trainer generates from the run config: an override would silently disagree with what
+# the trainer computes from its own keys (the data position, the LR schedule, the checkpoint layout)
+DEEPSPEED_OWNED_KEYS = {
+    "train_batch_size": "schedule.global_batch_size",
+    "train_micro_batch_size_per_gpu": "schedule.micro_batch_size",
+    "gradient_accumulation_steps": "schedule.global_batch_size (accumulation = global / (micro x data-parallel size))",
+    "gradient_clipping": "optimizer.grad_clip",
+    "optimizer": "the optimizer section (optimizer.lr, beta1, beta2, eps, weight_decay)",
+    "scheduler": "the schedule section (warmup_steps, decay_steps, decay_style)",
+    "bf16": "precision", "fp16": "precision (bf16 | fp32)",
+    "zero_optimization.stage": "parallel.zero_stage",
+    "checkpoint.load_universal": "checkpoint.resume (a checkpoint of another layout is converted automatically)",
+}
+
+
+def _check_owned_deepspeed_keys(overrides: dict) -> None:
+    for owned, use in DEEPSPEED_OWNED_KEYS.items():
+        node, parts = overrides, owned.split(".")
+        for q in parts[:-1]:
+            node = node.get(q) if isinstance(node, dict) else None
+        if isinstance(node, dict) and parts[-1] in node:
+            raise ConfigError(f"parallel.deepspeed_overrides.{owned} is set by the trainer from the run config: "
+                              f"use {use} instead")
 
 
 def validate_layout(cfg: RunConfig, world_size: int) -> None:

@@ -9,12 +9,14 @@ Facts this relies on (measured with the pinned DeepSpeed):
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable
 
 import torch
 
-from .config import RunConfig
+from .config import ConfigError, RunConfig
+from .config import _merge as deep_merge
 
 
 class MegatronMPU:
@@ -37,6 +39,10 @@ class MegatronMPU:
 
     def get_model_parallel_group(self):
         return self._ps.get_tensor_model_parallel_group()
+
+    # the same answers under the newer names, which DeepSpeed's universal-checkpoint loader asks for
+    get_tensor_model_parallel_rank = get_model_parallel_rank
+    get_tensor_model_parallel_world_size = get_model_parallel_world_size
 
     def get_data_parallel_group(self):
         return self._ps.get_data_parallel_group()
@@ -67,8 +73,11 @@ def lr_lambda(cfg: RunConfig) -> Callable[[int], float]:
     return fn
 
 
-def ds_config(cfg: RunConfig, world_size: int) -> dict:
-    """The DeepSpeed JSON config, generated from the run config (no separate file to drift)."""
+def ds_config(cfg: RunConfig, world_size: int, load_universal: bool = False) -> dict:
+    """The DeepSpeed JSON config, generated from the run config (no separate file to drift), with
+    ``parallel.deepspeed_overrides`` deep-merged in (checked by :func:`check_deepspeed_overrides`).
+
+    ``load_universal``: the resumed checkpoint is a universal one (another layout, pretrain/elastic.py)."""
     dp = cfg.data_parallel_size(world_size)
     s, o = cfg.schedule, cfg.optimizer
     bf16 = cfg.precision == "bf16"
@@ -94,8 +103,72 @@ def ds_config(cfg: RunConfig, world_size: int) -> dict:
         if cfg.parallel.zero_stage > 0:
             # accumulate / reduce gradients in fp32 (stage 0 with bf16 supports only bf16 accumulation)
             conf["data_types"] = {"grad_accum_dtype": "fp32"}
+    if load_universal:
+        conf["checkpoint"] = {"load_universal": True}
     assert conf["train_batch_size"] == s.micro_batch_size * conf["gradient_accumulation_steps"] * dp
-    return conf
+    return deep_merge(conf, cfg.parallel.deepspeed_overrides)
+
+
+class _ReadKeys(dict):
+    """A config dict that records which top-level keys DeepSpeed looks up (copies share the record)."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.read = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key, *default):
+        self.read.add(key)
+        return super().get(key, *default)
+
+    def __contains__(self, key):
+        self.read.add(key)
+        return super().__contains__(key)
+
+
+def _deepspeed_error(e: Exception, key: str) -> str:
+    import pydantic
+
+    if isinstance(e, pydantic.ValidationError):  # DeepSpeed's sub-configs: name the nested key
+        return "; ".join(f"parallel.deepspeed_overrides.{'.'.join([key, *map(str, err['loc'])])}: {err['msg']}"
+                         for err in e.errors())
+    return f"parallel.deepspeed_overrides.{key}: {type(e).__name__}: {e}"
+
+
+def check_deepspeed_overrides(cfg: RunConfig, world_size: int) -> None:
+    """Let DeepSpeed's own config parser judge ``parallel.deepspeed_overrides`` (before any process group): each
+    top-level key merged alone (so an error names it), then all together; a key DeepSpeed never reads is unknown
+    to it. Raises ConfigError naming ``parallel.deepspeed_overrides.<key>``."""
+    overrides = cfg.parallel.deepspeed_overrides
+    if not overrides:
+        return
+    import deepspeed
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    # without a process group DeepSpeedConfig checks the batch sizes for one process: give it this run's per-rank
+    # numbers (the batch keys are the trainer's own, refused as overrides)
+    base = ds_config(dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, deepspeed_overrides={})),
+                     world_size)
+    base["train_batch_size"] = base["train_micro_batch_size_per_gpu"] * base["gradient_accumulation_steps"]
+    for key in overrides:
+        conf = _ReadKeys(deep_merge(base, {key: overrides[key]}))
+        try:
+            DeepSpeedConfig(conf)
+        except Exception as e:  # DeepSpeed raises ValueError, AssertionError, pydantic errors, its own ...
+            raise ConfigError(_deepspeed_error(e, key) + f" (DeepSpeed {deepspeed.__version__}'s config check; see "
+                              "https://www.deepspeed.ai/docs/config-json/)") from None
+        if key not in conf.read:
+            raise ConfigError(f"parallel.deepspeed_overrides.{key}: DeepSpeed {deepspeed.__version__} does not read "
+                              f"a config key {key!r} (misspelt, or from another version; see "
+                              f"https://www.deepspeed.ai/docs/config-json/)")
+    try:
+        DeepSpeedConfig(deep_merge(base, overrides))
+    except Exception as e:
+        raise ConfigError(f"parallel.deepspeed_overrides: together these keys fail DeepSpeed "
+                          f"{deepspeed.__version__}'s config check: {type(e).__name__}: {e}") from None
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -120,7 +193,7 @@ def _disable_cpu_only_ops() -> None:
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
-def build_engine(cfg: RunConfig, model: torch.nn.Module, world_size: int):
+def build_engine(cfg: RunConfig, model: torch.nn.Module, world_size: int, load_universal: bool = False):
     """``deepspeed.initialize`` with megatron's groups, AdamW (torch) and the warmup+cosine schedule."""
     import deepspeed
 
@@ -129,7 +202,7 @@ def build_engine(cfg: RunConfig, model: torch.nn.Module, world_size: int):
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         model_parameters=param_groups(model, cfg.optimizer.weight_decay),
-        config=ds_config(cfg, world_size),
+        config=ds_config(cfg, world_size, load_universal),
         mpu=MegatronMPU(),
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, fn),
         dist_init_required=False,

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from . import checkpoint as ckpt
+from . import elastic
 from .config import RunConfig
 from .data import build_datasets, data_signature, loader, to_device
 from .engine import build_engine
@@ -210,7 +211,9 @@ def train(cfg: RunConfig, tokenizer, vocab_size: int, resume: Optional[ckpt.Resu
         init.apply(model, cfg.parallel.tensor_model_parallel_size, ps.get_tensor_model_parallel_rank())
     if model_hook is not None:
         model_hook(model)
-    engine = build_engine(cfg, model, world)
+    # another TP / DP / ZeRO layout than the checkpoint's: load its universal conversion (a collective)
+    load_from = elastic.prepare(resume, cfg, model, world) if resume is not None else None
+    engine = build_engine(cfg, model, world, load_universal=load_from is not None and load_from.universal)
     # DeepSpeed divides the loss by the accumulation steps in engine.backward; the router aux loss
     # injects its gradient directly, so it gets the same factor.
     MoEAuxLossAutoScaler.set_loss_scale(torch.tensor(1.0 / gas, device=engine.device))
@@ -220,7 +223,7 @@ def train(cfg: RunConfig, tokenizer, vocab_size: int, resume: Optional[ckpt.Resu
     result = RunResult()
     step, consumed = 0, 0
     if resume is not None:
-        state = checkpointer.load(engine, resume)
+        state = checkpointer.load(engine, load_from)
         step, consumed = int(state.get("step", 0)), int(state.get("consumed_samples", 0))
         result.skipped_steps = int(state.get("skipped_steps", 0))
         if rank == 0 and state.get("data_signature") not in (None, data_signature(cfg)):

@@ -13,7 +13,9 @@ def test_tags_round_trip():
     assert step_of("latest") is None and step_of("step_12x") is None
 
 
-def test_check_layout_refuses_another_parallel_layout(tmp_path):
+def test_check_layout_announces_a_layout_change_or_refuses_it(tmp_path):
+    """DP / TP / ZeRO 1 <-> 2 changes are converted (pretrain/elastic.py: announced here, before any process group);
+    ZeRO 0 and 3 are refused naming the saved layout and the way out."""
     from pretrain.checkpoint import ResumePoint, check_layout, layout
     from pretrain.config import ConfigError
 
@@ -21,15 +23,19 @@ def test_check_layout_refuses_another_parallel_layout(tmp_path):
     step = tmp_path / "step_00000010"
     step.mkdir()
     point = ResumePoint(str(tmp_path), step.name)
-    check_layout(point, cfg, 2)  # no layout.json (an older checkpoint): nothing to compare
+    assert check_layout(point, cfg, 2) is None  # no layout.json (an older checkpoint): nothing to compare
     (step / "layout.json").write_text(json.dumps(layout(cfg, 2)))
-    check_layout(point, cfg, 2)
-    with pytest.raises(ConfigError) as e:
-        check_layout(point, cfg, 4)
-    assert "data_parallel_size 2 -> 4" in str(e.value) and "ds_to_universal" in str(e.value)
-    with pytest.raises(ConfigError) as e:
-        check_layout(point, tiny_config("parallel.zero_stage=3"), 2)
-    assert "zero_stage 2 -> 3" in str(e.value)
+    assert check_layout(point, cfg, 2) is None  # the same layout: the exact, ordinary load
+    assert check_layout(point, cfg, 4) == "a checkpoint written at DP=2 on DP=4"
+    assert check_layout(point, tiny_config("parallel.zero_stage=1", "parallel.tensor_model_parallel_size=2"), 4) == \
+        "a checkpoint written at TP=1, ZeRO-2 on TP=2, ZeRO-1"
+    for stage, why in ((3, "loads a universal checkpoint into ZeRO-3 with the optimizer state off"),
+                       (0, "ZeRO stage 0 writes none")):
+        with pytest.raises(ConfigError) as e:
+            check_layout(point, tiny_config(f"parallel.zero_stage={stage}"), 1)
+        msg = str(e.value)
+        assert f"written at DP=2, TP=1, ZeRO-2; this run is DP=1, TP=1, ZeRO-{stage}" in msg and why in msg
+        assert "parallel.zero_stage=2" in msg and "2 processes" in msg and "tools/export_hf.py" in msg
 
 
 @pytest.mark.parametrize("interval, save_at_end, expected", [

@@ -55,3 +55,51 @@ def test_ds_config_batch_layout_and_explicit_clipping():
     assert conf["data_types"] == {"grad_accum_dtype": "fp32"}
     assert conf["optimizer"]["params"]["torch_adam"] is True
     assert math.isclose(conf["optimizer"]["params"]["lr"], cfg.optimizer.lr)
+
+
+def test_deepspeed_overrides_merge_into_the_generated_config():
+    from pretrain.engine import check_deepspeed_overrides, ds_config
+
+    cfg = tiny_config("parallel.zero_stage=2", "parallel.deepspeed_overrides.zero_optimization.reduce_bucket_size=1000",
+                      "parallel.deepspeed_overrides={zero_optimization: {overlap_comm: false}, wall_clock_breakdown: "
+                      "true}", "parallel.deepspeed_overrides.zero_optimization.reduce_bucket_size=1000")
+    check_deepspeed_overrides(cfg, 2)  # DeepSpeed's own config parser accepts it
+    conf = ds_config(cfg, 2)
+    assert conf["zero_optimization"] == {"stage": 2, "overlap_comm": False, "reduce_bucket_size": 1000}
+    assert conf["wall_clock_breakdown"] is True and conf["gradient_clipping"] == cfg.optimizer.grad_clip
+    assert "checkpoint" not in conf and ds_config(cfg, 2, load_universal=True)["checkpoint"] == {"load_universal": True}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("zero_optimization.stage=3", "parallel.deepspeed_overrides.zero_optimization.stage is set by the trainer from "
+                                  "the run config: use parallel.zero_stage instead"),
+    ("train_batch_size=64", "use schedule.global_batch_size instead"),
+    ("gradient_clipping=0.5", "use optimizer.grad_clip instead"),
+    ("optimizer={type: Adam}", "use the optimizer section"),
+    ("bf16={enabled: true}", "use precision instead"),
+])
+def test_deepspeed_overrides_refuse_the_trainers_keys(override, message):
+    from pretrain.config import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        tiny_config(f"parallel.deepspeed_overrides.{override}")
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("zero_optimization.reduce_bucket_siz=1000",
+     "parallel.deepspeed_overrides.zero_optimization.reduce_bucket_siz: Extra inputs are not permitted"),
+    ("zero_optimization.reduce_bucket_size=lots",
+     "parallel.deepspeed_overrides.zero_optimization.reduce_bucket_size: Input should be a valid integer"),
+    ("comunication_data_type=fp32", "parallel.deepspeed_overrides.comunication_data_type: DeepSpeed 0.19.8 does not "
+                                    "read a config key 'comunication_data_type'"),
+    ("communication_data_type=fp77", "parallel.deepspeed_overrides.communication_data_type: ValueError: Invalid "
+                                     "communication_data_type"),
+])
+def test_deepspeed_overrides_unknown_or_invalid_keys_named(override, message):
+    from pretrain.config import ConfigError
+    from pretrain.engine import check_deepspeed_overrides
+
+    with pytest.raises(ConfigError) as e:
+        check_deepspeed_overrides(tiny_config(f"parallel.deepspeed_overrides.{override}"), 2)
+    assert message in str(e.value)

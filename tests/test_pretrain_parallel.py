@@ -4,15 +4,11 @@ tests/scripts/pretrain_parity.py re-initialises the DeepSpeed engine in-process 
 megatron-core is imported once per rank. All runs are fp32 on CPU/gloo, tiny VersatileFFN model with
 Gumbel depth sampling active, gradient accumulation 2, clipping 1.0, aux loss on.
 """
-import json
 import math
 
 import pytest
 
-from helpers import REPO
-from helpers.procs import launch_env, run_ok
-from helpers.workspace import make_workspace
-from vffn_megatron.device import torchrun_command
+from helpers.procs import run_workspace_script
 
 # fp32: the same arithmetic up to reduction order; measured differences are <= 2e-7.
 LOSS_ATOL = 2e-6
@@ -20,14 +16,7 @@ LOSS_ATOL = 2e-6
 
 @pytest.fixture(scope="module")
 def parity(tmp_path_factory):
-    root = tmp_path_factory.mktemp("parity")
-    ws = make_workspace(root / "ws")
-    (root / "ws.json").write_text(json.dumps(ws))
-    out = root / "out.json"
-    cmd = torchrun_command(2, [str(REPO / "tests" / "scripts" / "pretrain_parity.py"), str(root / "ws.json"),
-                               str(out), str(root / "runs")])
-    run_ok(cmd, root / "log.txt", timeout=420, env=launch_env())
-    return json.loads(out.read_text())
+    return run_workspace_script("pretrain_parity.py", tmp_path_factory.mktemp("parity"))[0]
 
 
 def _close(a: dict, b: dict, atol=LOSS_ATOL):
@@ -86,13 +75,7 @@ def test_nonfinite_loss_skip_drops_update(parity, stage):
 @pytest.mark.slow
 def test_bf16_tracks_fp32(tmp_path):
     """bf16 (GPU presets) at ZeRO 1-3 and TP=2 stays within bf16 rounding of fp32 over 10 steps."""
-    ws = make_workspace(tmp_path / "ws")
-    (tmp_path / "ws.json").write_text(json.dumps(ws))
-    out = tmp_path / "out.json"
-    cmd = torchrun_command(2, [str(REPO / "tests" / "scripts" / "pretrain_bf16.py"), str(tmp_path / "ws.json"),
-                               str(out), str(tmp_path / "runs")])
-    run_ok(cmd, tmp_path / "log.txt", timeout=420)
-    res = json.loads(out.read_text())
+    res = run_workspace_script("pretrain_bf16.py", tmp_path)[0]
     for stage in (1, 2, 3):
         _close(res[f"bf16_z{stage}"], res["fp32_z1"], atol=2e-2)
     _close(res["bf16_tp2"], res["fp32_tp2"], atol=2e-2)

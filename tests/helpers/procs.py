@@ -117,3 +117,18 @@ def run_ok(cmd: list[str], log: Path, timeout: float, env: dict | None = None) -
         out = p.output()
     assert rc == 0, f"{' '.join(cmd[:8])} ... failed ({rc}):\n{out[-8000:]}"
     return out
+
+
+def run_workspace_script(script: str, root: Path, nproc: int = 2, timeout: float = 420) -> tuple[dict, str]:
+    """``tests/scripts/<script> WORKSPACE_JSON OUT_JSON RUN_ROOT`` on ``nproc`` ranks over a fresh
+    make_workspace under ``root``; returns (the JSON it wrote to OUT_JSON, its output)."""
+    import json
+
+    from helpers.workspace import make_workspace
+
+    (root / "ws.json").write_text(json.dumps(make_workspace(root / "ws")))
+    out = root / "out.json"
+    cmd = torchrun_command(nproc, [str(REPO / "tests" / "scripts" / script), str(root / "ws.json"), str(out),
+                                   str(root / "runs")])
+    log = run_ok(cmd, root / "log.txt", timeout=timeout, env=launch_env())
+    return json.loads(out.read_text()), log
