@@ -53,6 +53,10 @@ def test_dp2_to_dp1(elastic):
     _continues(res["D"], [res["A"], res["C"]], "a checkpoint written at DP=2 on DP=1")
     assert re.search(r"resuming a checkpoint written at DP=2 on DP=1: converted to a universal checkpoint in "
                      r"\S+/A/checkpoints/step_00000003/universal", elastic["log"])
+    # the interrupted conversion's leftovers were replaced by a complete, marked one
+    assert ".universal_tmp_killed" not in res["D"]["step_dir"] and "universal" in res["D"]["step_dir"]
+    assert (elastic["root"] / "runs" / "A" / "checkpoints" / "step_00000003" / "universal" /
+            "vffn_universal.json").is_file()
 
 
 def test_tp2_to_tp1(elastic):

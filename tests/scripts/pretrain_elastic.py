@@ -3,8 +3,8 @@
 World of 2: A = DP=2 ZeRO-1 and B = TP=2 (with a parallel.deepspeed_overrides bucket size), 6 steps each, a
 checkpoint every 3 steps, a NaN loss injected at step 2 (on_nonfinite=skip: skipped_steps = 1 in the checkpoints);
 then a resume of a damaged copy of A's step 3 at TP=2 whose conversion fails on rank 0 (every rank must raise).
-World of 1 (rank 0 alone): C = DP=1 (the same run uninterrupted), D = A's step 3 resumed at DP=1, E = B's step 3
-at TP=1, G = C's step 3 at ZeRO-2.
+World of 1 (rank 0 alone): C = DP=1 (the same run uninterrupted), D = A's step 3 resumed at DP=1 (over what an
+interrupted conversion leaves behind), E = B's step 3 at TP=1, G = C's step 3 at ZeRO-2.
 
 Rank 0 writes everything to OUT (JSON). argv: WORKSPACE_JSON OUT_JSON RUN_ROOT
 """
@@ -110,7 +110,11 @@ def main():
                           TORCHELASTIC_USE_AGENT_STORE="False")  # own store, not torchrun's
         c = config(ws, root, "C")
         res["C"] = run(c, tok, vocab, 1)
+        # what an interrupted conversion leaves (a temporary folder, an unmarked universal/): redone, never used
+        os.makedirs(os.path.join(a3, ".universal_tmp_killed", "universal"))
+        os.makedirs(os.path.join(a3, "universal", "zero"))
         res["D"] = run(config(ws, root, "D"), tok, vocab, 1, resume_from=a3)
+        res["D"]["step_dir"] = sorted(os.listdir(a3))
         res["E"] = run(config(ws, root, "E"), tok, vocab, 1,
                        resume_from=os.path.join(root, "B", "checkpoints", "step_00000003"))
         res["G"] = run(config(ws, root, "G", parallel__zero_stage=2), tok, vocab, 1,
