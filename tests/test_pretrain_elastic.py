@@ -95,3 +95,23 @@ def test_failed_conversion_is_agreed_by_every_rank(elastic):
 
 def test_deepspeed_override_reaches_the_engine(elastic):
     assert elastic["res"]["B"]["reduce_bucket_size"] == 123457
+
+
+def test_a_changed_whole_shape_is_refused_before_converting(tmp_path):
+    """model.vocab_size: null pads the vocabulary by TP: a TP change that changes a whole shape is named, with the
+    model.vocab_size to set, before anything is converted."""
+    import torch
+
+    from pretrain.elastic import LayoutChangeError, convert
+
+    emb = torch.nn.Parameter(torch.zeros(128, 8))  # this run: TP=1, vocabulary padded to 128
+    emb.tensor_model_parallel, emb.partition_dim = True, 0
+    model = torch.nn.Module()
+    model.register_parameter("embedding", emb)
+    torch.save({"param_shapes": [{"embedding": torch.Size([128, 8])}]}, tmp_path / "mp_rank_00_model_states.pt")
+    for t in (0, 1):  # written at TP=2: 2 x 128 = 256 rows
+        (tmp_path / f"zero_pp_rank_0_mp_rank_{t:02d}_optim_states.pt").write_bytes(b"")
+    with pytest.raises(LayoutChangeError, match=r"embedding is \[256, 8\] in the checkpoint and \[128, 8\] in this "
+                                                r"run .*set model.vocab_size: 256"):
+        convert(str(tmp_path), model, {"data_parallel_size": 1, "tensor_model_parallel_size": 2, "zero_stage": 1}, 1)
+    assert len(list(tmp_path.iterdir())) == 3  # nothing written
