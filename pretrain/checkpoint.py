@@ -35,7 +35,7 @@ from typing import Optional
 
 import torch.distributed as dist
 
-from vffn_megatron.config import VersatileFFNConfig
+from vffn_megatron.config import KLoopConfig, MoEConfig, VersatileFFNConfig
 
 from .config import ConfigError, RunConfig
 
@@ -357,7 +357,11 @@ def check_same_model(point: ResumePoint, cfg: RunConfig) -> None:
         raise ConfigError(f"{path} is damaged (not a YAML mapping)")
     now = cfg.to_dict()
     diff = []
-    for section in ("model", "vffn", "kloop", "moe"):
+    # the model section, and the FFN block's own section of the arch in use: the other sections are unused (their
+    # defaults may change between versions without changing the model)
+    arch = now["model"].get("arch")
+    block = {"vffn": ("vffn", VersatileFFNConfig), "kloop": ("kloop", KLoopConfig), "moe": ("moe", MoEConfig)}.get(arch)
+    for section, cls in (("model", None), block) if block else (("model", None),):
         a, b = saved.get(section) or {}, now.get(section) or {}
         if not isinstance(a, dict):
             raise ConfigError(f"{path} is damaged (section {section} is not a mapping)")
@@ -365,8 +369,7 @@ def check_same_model(point: ResumePoint, cfg: RunConfig) -> None:
             diff.append(f"{section}: {'null' if not a else 'set'} -> {'null' if not b else 'set'}")
             continue
         # tau / aux coeff / recompute may change; the rest shapes the weights or the function
-        keys = {"model": sorted((set(a) | set(b)) - MODEL_RUNTIME_KEYS), "vffn": VersatileFFNConfig.ARCH_FIELDS, "kloop": ["loops"],
-                "moe": ["num_experts", "top_k", "shared_expert", "expert_ffn_hidden_size"]}[section]
+        keys = sorted((set(a) | set(b)) - MODEL_RUNTIME_KEYS) if cls is None else cls.ARCH_FIELDS
         diff += [f"{section}.{k} {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
     if diff:
         raise ConfigError(f"checkpoint {point.path} holds a different model ({'; '.join(diff)}). Use another "

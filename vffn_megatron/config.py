@@ -82,6 +82,8 @@ class KLoopConfig:
     loops: int = 2
     recompute: bool = False
 
+    ARCH_FIELDS = ("loops",)  # the fields that shape the function (see VersatileFFNConfig.ARCH_FIELDS)
+
     def validate(self) -> None:
         if not isinstance(self.loops, int) or isinstance(self.loops, bool) or self.loops < 1:
             raise VFFNConfigError(f"invalid k-loop config: kloop.loops must be an integer >= 1, got {self.loops!r}")
@@ -103,6 +105,8 @@ class MoEConfig:
     aux_loss_coeff: float = 1e-5
     shared_expert: bool = True  # megatron's shared expert of the dense FFN's size (moe_shared_expert_intermediate_size)
     expert_ffn_hidden_size: Optional[int] = None  # routed experts' hidden size; None = ffn_hidden_size / num_experts
+
+    ARCH_FIELDS = ("num_experts", "top_k", "shared_expert", "expert_ffn_hidden_size")  # shape the weights / function
 
     def expert_hidden(self, ffn_hidden_size: int) -> int:
         """The routed experts' hidden size for a model of FFN hidden size ``ffn_hidden_size``."""
