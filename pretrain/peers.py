@@ -79,13 +79,14 @@ class PeerWatch:
     @classmethod
     def start(cls, cfg: RunConfig) -> "PeerWatch":
         """Every rank, at the same point (one all_gather_object of the hosts). The heartbeat runs with
-        several ranks and ``parallel.heartbeat_timeout_seconds`` > 0."""
+        several ranks, ``parallel.heartbeat_timeout_seconds`` > 0 and the launcher's store in the environment
+        (MASTER_ADDR / MASTER_PORT: every launcher here sets them)."""
         world = dist.get_world_size()
         hosts: list = [None] * world
         if world > 1:
             dist.all_gather_object(hosts, this_host())
         watch = cls(cfg, dist.get_rank(), hosts)
-        if world > 1 and watch.deadline > 0:
+        if world > 1 and watch.deadline > 0 and os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT"):
             for target, name in ((watch._ping, "vffn-heartbeat"), (watch._judge, "vffn-peer-judge")):
                 t = threading.Thread(target=target, name=name, daemon=True)
                 t.start()
@@ -136,7 +137,7 @@ class PeerWatch:
         for r, value in zip(others, store.multi_get([f"{self._beat}{r}" for r in others])):
             if self._seen.get(r, (None,))[0] != value:
                 self._seen[r] = (value, now)
-            elif r not in self._finished and now - self._seen[r][1] > 2 * self.every \
+            elif r not in self._finished and now - self._seen[r][1] > self.every \
                     and store.check([f"{self._done}{r}"]):
                 self._finished.add(r)
 

@@ -79,13 +79,14 @@ def test_unrelated_error_is_left_alone(tmp_path):
 
 def test_frozen_rank_detected_by_heartbeat(tmp_path):
     """SIGSTOP rank 1 after the step-3 checkpoint: rank 0's collective waits (no socket closes) until the
-    heartbeat deadline (2 s here), then rank 0 exits 5 naming rank 1 and that checkpoint."""
+    heartbeat deadline (5 s, as in the network tests: 0.25 s / 2 s once false-alarmed during start-up on this
+    2-core machine under a load average of ~10), then rank 0 exits 5 naming rank 1 and that checkpoint."""
     ws = make_workspace(tmp_path / "ws")
     out = tmp_path / "run"
     status = tmp_path / "status"
     args = ["--config", str(REPO / "configs" / "tiny.yaml"),
             *run_overrides(ws, out, schedule__train_steps=200, checkpoint__interval=3,
-                           parallel__heartbeat_interval_seconds=0.25, parallel__heartbeat_timeout_seconds=2)]
+                           parallel__heartbeat_interval_seconds=0.5, parallel__heartbeat_timeout_seconds=5)]
     env = launch_env(NPROC_PER_NODE="2", SHUTDOWN_TIMEOUT="2", VFFN_EXIT_STATUS_DIR=str(status))
     with Proc(["bash", str(REPO / "launch" / "torchrun.sh"), *args], tmp_path / "log.txt", env) as p:
         p.wait_for("checkpoints/step_00000003", timeout=240)
@@ -104,9 +105,9 @@ def test_frozen_rank_detected_by_heartbeat(tmp_path):
         except psutil.NoSuchProcess:
             pass
     print(f"frozen rank detected after {detected:.1f} s")
-    assert 2 <= detected < 10, detected
+    assert 4 <= detected < 15, detected  # the last beat came up to two intervals before the stop
     m = re.search(r"error: rank 0 \(host \S+ at 127\.0\.0\.1\) after step \d+: lost contact with rank 1 \(host \S+ at "
-                  r"127\.0\.0\.1\): no heartbeat for 2 s .*The last complete checkpoint is \S+step_(\d+) \(step \d+\)",
+                  r"127\.0\.0\.1\): no heartbeat for 5 s .*The last complete checkpoint is \S+step_(\d+) \(step \d+\)",
                   log)
     assert m, log[-4000:]
     assert (status / "rank_0.exit").read_text().strip() == "5"
