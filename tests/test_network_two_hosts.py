@@ -38,15 +38,13 @@ def _args(ws, out: Path) -> list[str]:
                            checkpoint__save_at_end=True, **HEARTBEAT)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def namespaces_allowed():
-    reason = skip_reason()  # probed here, not at collection: `make test` never creates a namespace
-    if reason:
-        pytest.skip(f"two network namespaces cannot be created: {reason}")
-
-
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
+    """Every test's inputs, once namespaces are known to work (probed here, not at collection: `make test`
+    never creates one)."""
+    reason = skip_reason()
+    if reason:
+        pytest.skip(f"two network namespaces cannot be created: {reason}")
     return make_workspace(tmp_path_factory.mktemp("net_ws"))
 
 
