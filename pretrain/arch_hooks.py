@@ -39,8 +39,13 @@ class ArchHooks:
             return None
         return aux_losses(micro_batches, dp_group, self.aux_loss_name)
 
-    def after_eval(self, model: torch.nn.Module) -> None:
-        """Drop what evaluation forwards recorded: eval routing is not training routing."""
+    def before_eval(self, model: torch.nn.Module) -> None:
+        """Set aside the training routing statistics of the current logging window."""
+
+    def after_eval(self, model: torch.nn.Module, dp_group) -> dict:
+        """Routing statistics of the evaluation forwards (a DP collective where there are any), then restore
+        the training window's: eval routing (argmax) is not training routing (Gumbel-sampled)."""
+        return {}
 
 
 class VFFNHooks(ArchHooks):
@@ -61,11 +66,19 @@ class VFFNHooks(ArchHooks):
     def routing(self, model, dp_group):
         return routing_stats(model, dp_group)
 
-    def after_eval(self, model):
+    def before_eval(self, model):
         from vffn_megatron import vffn_modules
 
-        for m in vffn_modules(model):
-            m.pop_stats()
+        self._train_stats = [(m, m.stats) for m in vffn_modules(model)]
+        for m, _ in self._train_stats:
+            m.reset_stats()
+
+    def after_eval(self, model, dp_group):
+        stats = routing_stats(model, dp_group)  # the inference depth choices: the paper's FLOPs column
+        for m, kept in getattr(self, "_train_stats", []):
+            m.stats = kept
+        self._train_stats = []
+        return stats
 
 
 class MoEHooks(ArchHooks):

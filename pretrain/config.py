@@ -126,6 +126,7 @@ class ScheduleConfig:
     decay_style: str = "cosine"  # cosine | constant
     eval_interval: int = 0  # validation every N steps (and at the end); 0 disables
     eval_iters: int = 4  # validation batches (of global_batch_size sequences) per evaluation
+    eval_at_start: bool = False  # also validate before the first update of a fresh run (step 0: e.g. an upcycled model)
 
 
 @dataclass
@@ -547,6 +548,8 @@ def validate(cfg: RunConfig, world_size: Optional[int] = None) -> None:
           f"data.split must be 'train,valid,test' non-negative weights with train > 0 (e.g. '98,2,0'), got {d.split!r}")
     _need(s.eval_interval == 0 or (len(split) > 1 and split[1] > 0),
           "schedule.eval_interval > 0 needs a validation share in data.split (e.g. '98,2,0')")
+    _need(not s.eval_at_start or s.eval_interval > 0,
+          "schedule.eval_at_start needs schedule.eval_interval > 0 (the validation data is built only then)")
     _need(d.num_workers >= 0, "data.num_workers must be >= 0")
     if world_size is not None:
         validate_layout(cfg, world_size)

@@ -5,7 +5,8 @@ rank see the same tokens and routing, so they are not summed twice).
 
 TensorBoard tags (x axis = optimizer step):
   train/loss  train/lr  train/grad_norm  train/tokens_per_sec  train/consumed_samples  train/skipped_steps
-  valid/loss
+  valid/loss  valid/vffn/mean_loops  valid/vffn/wide_share  (eval routing, argmax: the inference depth choice;
+                                                              wide_share = tokens with fewer than D loops)
   vffn/tau  vffn/aux_loss                             (router load-balancing loss, mean over layers)
   moe/aux_loss  moe/layer_LL/aux_loss                 (arch: moe; megatron's MoE router load-balancing loss)
   vffn/layer_LL/mean_loops  vffn/layer_LL/depth_share_D  vffn/layer_LL/expert_load_E  vffn/layer_LL/aux_loss
@@ -214,16 +215,35 @@ class Metrics:
             parts.append(f"{step_time:.2f} s/step | eta {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}")
             print(f"step {step}/{total} | " + " | ".join(parts), flush=True)
 
-    def valid(self, step: int, loss: float) -> None:
+    def valid(self, step: int, loss: float, routing: Optional[dict] = None) -> None:
+        """The validation loss and, for VersatileFFN, the eval routing's mean loops and width-path share
+        (mean over layers; per layer too with logging.per_layer)."""
         if self.rank != 0:
             return
+        scalars = {"valid/loss": loss}
+        if routing:
+            # a token takes the width path (m > 0) unless it chose all D loops
+            wide = {layer: 1.0 - st["depth"][-1] for layer, st in routing.items()}
+            scalars["valid/vffn/mean_loops"] = sum(st["mean_loops"] for st in routing.values()) / len(routing)
+            scalars["valid/vffn/wide_share"] = sum(wide.values()) / len(wide)
+            if self.cfg.logging.per_layer:
+                for layer, st in routing.items():
+                    scalars[f"valid/vffn/layer_{layer:02d}/mean_loops"] = st["mean_loops"]
+                    scalars[f"valid/vffn/layer_{layer:02d}/wide_share"] = wide[layer]
         if self.writer:
-            self.writer.add_scalar("valid/loss", loss, step)
+            for k, v in scalars.items():
+                self.writer.add_scalar(k, v, step)
             self.writer.flush()
         if self.jsonl:
-            self.jsonl.write(json.dumps({"step": step, "valid_loss": loss}) + "\n")
+            rec = {"step": step, "valid_loss": loss}
+            if routing:
+                rec.update(valid_mean_loops=scalars["valid/vffn/mean_loops"],
+                           valid_wide_share=scalars["valid/vffn/wide_share"])
+            self.jsonl.write(json.dumps(rec) + "\n")
             self.jsonl.flush()
-        self.info(f"validation at step {step}: loss {loss:.4f}")
+        extra = (f" (inference routing: {scalars['valid/vffn/mean_loops']:.2f} loops, width path for "
+                 f"{scalars['valid/vffn/wide_share']:.0%} of tokens)" if routing else "")
+        self.info(f"validation at step {step}: loss {loss:.4f}{extra}")
 
     def info(self, msg: str) -> None:
         if self.rank != 0:

@@ -109,8 +109,11 @@ class _DroppedUpdate:
 
 
 @torch.no_grad()
-def evaluate(engine, valid_ds, cfg: RunConfig, dp_rank: int, dp_size: int, hooks: ArchHooks) -> float:
+def evaluate(engine, valid_ds, cfg: RunConfig, dp_rank: int, dp_size: int, dp_group,
+             hooks: ArchHooks) -> tuple[float, dict]:
+    """(mean validation loss, the eval forwards' per-layer routing statistics: {} unless VersatileFFN)."""
     s = cfg.schedule
+    hooks.before_eval(engine.module)
     engine.eval()
     num = torch.zeros(2, dtype=torch.float64, device=engine.device)
     for batch in loader(valid_ds, cfg, 0, s.eval_iters * s.global_batch_size, dp_rank, dp_size):
@@ -118,8 +121,8 @@ def evaluate(engine, valid_ds, cfg: RunConfig, dp_rank: int, dp_size: int, hooks
         num += torch.stack([loss_sum.double(), count.double()])
     dist.all_reduce(num)  # TP ranks add identical copies to numerator and denominator alike
     engine.train()
-    hooks.after_eval(engine.module)
-    return float(num[0] / num[1].clamp_min(1))
+    routing = hooks.after_eval(engine.module, dp_group)
+    return float(num[0] / num[1].clamp_min(1)), routing
 
 
 def _forward_backward(engine, batches, gas: int, device) -> torch.Tensor:
@@ -253,6 +256,9 @@ def train(cfg: RunConfig, tokenizer, vocab_size: int, resume: Optional[ckpt.Resu
 
     try:
         engine.train()
+        if valid_ds is not None and s.eval_at_start and step == 0:
+            result.valid_losses[0], eval_routing = evaluate(engine, valid_ds, cfg, dp_rank, dp_size, dp_group, hooks)
+            metrics.valid(0, result.valid_losses[0], eval_routing)
         while step < s.train_steps:
             peers.step = step
             t0 = time.perf_counter()
@@ -287,8 +293,9 @@ def train(cfg: RunConfig, tokenizer, vocab_size: int, resume: Optional[ckpt.Resu
                 micro_since_log = 0
                 metrics.log(rec, tau=hooks.tau(step - 1), routing=routing, aux=aux)
             if valid_ds is not None and (step % s.eval_interval == 0 or step == s.train_steps):
-                result.valid_losses[step] = evaluate(engine, valid_ds, cfg, dp_rank, dp_size, hooks)
-                metrics.valid(step, result.valid_losses[step])
+                result.valid_losses[step], eval_routing = evaluate(engine, valid_ds, cfg, dp_rank, dp_size,
+                                                                    dp_group, hooks)
+                metrics.valid(step, result.valid_losses[step], eval_routing)
             if out.stop_requested:
                 metrics.info(f"stop signal received: saving at step {step} and exiting")
             saved = checkpointer.maybe_save(engine, step, client_state, last_step=step == s.train_steps,
