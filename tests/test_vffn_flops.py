@@ -81,9 +81,12 @@ def test_num_flops_per_token_whole_model():
     v = VersatileFFNConfig(num_experts=4, top_k=2, max_depth=3)
     assert num_flops_per_token(m, vocab, v) == attn_and_output + 6 * L * (3 * 3 * d * F + d * F * 2 // 4 + d * 7)
     assert num_flops_per_token(m, vocab, KLoopConfig(loops=3)) == attn_and_output + 6 * L * 3 * 3 * d * F
-    # the compare_tiny figures in results/compare.md: dense 2.16, VersatileFFN 2.81 MFLOP / token
     assert f"{num_flops_per_token(m, vocab) / 1e6:.2f}" == "2.16"
     assert f"{num_flops_per_token(m, vocab, v) / 1e6:.2f}" == "2.81"
+    # the compare_tiny figures in results/compare.md (4 layers, F=4d): dense 3.34, 4-loop 6.88 MFLOP / token
+    m4 = SimpleNamespace(hidden_size=64, ffn_hidden_size=256, num_layers=4, seq_length=128)
+    assert f"{num_flops_per_token(m4, vocab) / 1e6:.2f}" == "3.34"
+    assert f"{num_flops_per_token(m4, vocab, KLoopConfig(loops=4)) / 1e6:.2f}" == "6.88"
     assert "VersatileFFN D·3·h·F + h·F·k/N" in TRAIN_FLOPS_FORMULA
 
 
