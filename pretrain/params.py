@@ -16,10 +16,17 @@ from .config import RunConfig
 class ParamCount:
     total: int
     embedding: int  # input embedding + output layer (one matrix when tied)
+    routed_experts: int = 0  # an MoE's routed experts (megatron's "experts"; the shared expert is not one)
+    active_experts: int = 0  # of those, what one token uses: top_k / num_experts of them
 
     @property
     def non_embedding(self) -> int:
         return self.total - self.embedding
+
+    @property
+    def active(self) -> int:
+        """Parameters one token's forward uses (MoE: all but the routed experts it is not sent to)."""
+        return self.total - self.routed_experts + self.active_experts
 
     def describe(self) -> str:
         return (f"parameters: {_short(self.total)} total ({self.total:,}) = embedding {_short(self.embedding)} "
@@ -71,8 +78,11 @@ def count_parameters(cfg: RunConfig, vocab_size: int) -> ParamCount:
     whole = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, tensor_model_parallel_size=1))
     with _megatron_tp1():
         model = build_model(whole, vocab_size, meta=True)
-    total = emb = 0
+    total = emb = routed = 0
     for name, p in model.named_parameters():  # named_parameters() yields a tied matrix once
         total += p.numel()
         emb += p.numel() if _is_embedding(name) else 0
-    return ParamCount(total=total, embedding=emb)
+        routed += p.numel() if ".experts." in name else 0  # the shared expert is "shared_experts"
+    moe = cfg.moe_or_none
+    active = routed * moe.top_k // moe.num_experts if moe is not None else routed
+    return ParamCount(total=total, embedding=emb, routed_experts=routed, active_experts=active)

@@ -254,11 +254,14 @@ def train(cfg: RunConfig, tokenizer, vocab_size: int, resume: Optional[ckpt.Resu
                 "data_signature": data_signature(cfg), "config": cfg.to_dict(),
                 **({"initialised_from": init.message()} if init is not None and resume is None else {})}
 
+    def validate_at(at: int) -> None:  # a collective: every rank, same steps
+        result.valid_losses[at], eval_routing = evaluate(engine, valid_ds, cfg, dp_rank, dp_size, dp_group, hooks)
+        metrics.valid(at, result.valid_losses[at], eval_routing)
+
     try:
         engine.train()
         if valid_ds is not None and s.eval_at_start and step == 0:
-            result.valid_losses[0], eval_routing = evaluate(engine, valid_ds, cfg, dp_rank, dp_size, dp_group, hooks)
-            metrics.valid(0, result.valid_losses[0], eval_routing)
+            validate_at(0)
         while step < s.train_steps:
             peers.step = step
             t0 = time.perf_counter()
@@ -293,9 +296,7 @@ def train(cfg: RunConfig, tokenizer, vocab_size: int, resume: Optional[ckpt.Resu
                 micro_since_log = 0
                 metrics.log(rec, tau=hooks.tau(step - 1), routing=routing, aux=aux)
             if valid_ds is not None and (step % s.eval_interval == 0 or step == s.train_steps):
-                result.valid_losses[step], eval_routing = evaluate(engine, valid_ds, cfg, dp_rank, dp_size,
-                                                                    dp_group, hooks)
-                metrics.valid(step, result.valid_losses[step], eval_routing)
+                validate_at(step)
             if out.stop_requested:
                 metrics.info(f"stop signal received: saving at step {step} and exiting")
             saved = checkpointer.maybe_save(engine, step, client_state, last_step=step == s.train_steps,

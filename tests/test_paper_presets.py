@@ -86,6 +86,12 @@ def test_meta_count_equals_the_built_model(megatron_tp1, tmp_path):
         for c in (cfg, tp2):
             count = count_parameters(c, 256)
             assert (count.total, count.embedding) == (want_total, want_emb), (arch, count)
+        # active per token: MoE uses top_k of its num_experts routed experts, the others everything
+        expert = next((m for n, m in real.named_modules() if n.endswith("experts.local_experts.0")), None)
+        per_expert = sum(p.numel() for p in expert.parameters()) if expert is not None else 0
+        layers, moe = cfg.model.num_layers, cfg.moe
+        want_active = want_total - (layers * (moe.num_experts - moe.top_k) * per_expert if arch == "moe" else 0)
+        assert count_parameters(cfg, 256).active == want_active and (arch != "moe" or per_expert > 0), arch
 
 
 @pytest.mark.parametrize("name", list(PAPER))

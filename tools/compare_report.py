@@ -52,37 +52,20 @@ def scalars(run_dir: Path) -> dict:
 
 
 def count_params(a, keys: list[str]) -> dict:
-    """arch key -> {'total', 'embedding', 'active', 'cfg', 'vocab'} of the built models (one CPU process)."""
+    """arch key -> {'total', 'embedding', 'active', 'cfg', 'vocab'} of the models (counted as `--check` does)."""
     from vffn_megatron.device import configure_environment
 
     configure_environment()  # DS_ACCELERATOR, before anything imports DeepSpeed
     from pretrain.checks import preflight
     from pretrain.config import load_config
-    from pretrain.train import build_model
-    from vffn_megatron import init_megatron
-    from vffn_megatron.runtime import destroy
+    from pretrain.params import count_parameters
 
     out = {}
-    init_megatron(1, seed=0)
-    try:
-        for key in keys:
-            cfg = load_config(a.config, arch_overrides(key) + list(a.overrides))
-            _, vocab = preflight(cfg)
-            model = build_model(cfg, vocab)
-            total = emb = routed = 0
-            for n, p in model.named_parameters():
-                total += p.numel()
-                if "word_embeddings" in n or "output_layer" in n:
-                    emb += p.numel()
-                if ".experts." in n:  # megatron's routed experts (the shared expert is "shared_experts")
-                    routed += p.numel()
-            active = total
-            if key == "moe":  # a token runs through top_k of the num_experts routed experts
-                active = total - routed + routed * cfg.moe.top_k // cfg.moe.num_experts
-            out[key] = {"total": total, "embedding": emb, "active": active, "cfg": cfg, "vocab": vocab}
-            del model
-    finally:
-        destroy()
+    for key in keys:
+        cfg = load_config(a.config, arch_overrides(key) + list(a.overrides))
+        _, vocab = preflight(cfg)
+        c = count_parameters(cfg, vocab)
+        out[key] = {"total": c.total, "embedding": c.embedding, "active": c.active, "cfg": cfg, "vocab": vocab}
     return out
 
 
